@@ -1,0 +1,759 @@
+//! minijinja templates and expressions, compiled once.
+//!
+//! Semantics a mapping author can rely on:
+//! - A missing value is *undefined*: falsy in conditions, replaced by `default(…)`, comparable
+//!   (`x == 'a'` is false) and chainable (`referral.inviteContext.notes` is undefined when
+//!   `inviteContext` is missing) — but **printing** an undefined value in a template is an error,
+//!   so a typo or missing data never silently becomes an empty CRM field. Null prints as empty.
+//! - Expressions (`expr:`, `when:`, `check:`) keep the type of their result.
+//! - The cosell transforms are available as filters (`country_code`, `date`, …) and as tests
+//!   (`is country_code`, `is currency_code`, `is blank`, `is email`).
+//!
+//! Records reach minijinja through [`JsonNode`], a lazy view over the parsed JSON: only the
+//! fields an expression touches are converted. Templates that are plain text around
+//! `{{ a.b.c }}` placeholders, and expressions that are a plain path, never enter minijinja at
+//! all (see [`FastTemplate`]); both paths produce the same output, which a property test checks.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use minijinja::value::{Enumerator, Object, ObjectRepr};
+use minijinja::{Environment, Error, ErrorKind, UndefinedBehavior, Value as MjValue};
+use serde_json::Value;
+
+use super::transforms;
+
+/// Variable names and the JSON they stand for, for one evaluation.
+pub struct Vars<'a> {
+    /// `(name, value)` pairs; few enough that a linear scan beats hashing.
+    pub entries: Vec<(&'a str, VarValue<'a>)>,
+}
+
+/// A variable's value: borrowed JSON, or an `Arc` root that minijinja may hold on to.
+#[derive(Clone)]
+pub enum VarValue<'a> {
+    /// JSON owned by the caller (converted eagerly if minijinja needs it; used for small values).
+    Borrowed(&'a Value),
+    /// A record shared with minijinja lazily.
+    Shared(&'a Arc<Value>),
+    /// A value already converted for minijinja (settings).
+    Prepared(&'a Value, &'a MjValue),
+}
+
+impl<'a> VarValue<'a> {
+    /// The JSON behind the variable.
+    pub fn json(&self) -> &'a Value {
+        match self.clone() {
+            VarValue::Borrowed(v) => v,
+            VarValue::Shared(a) => a.as_ref(),
+            VarValue::Prepared(v, _) => v,
+        }
+    }
+
+    fn to_minijinja(&self) -> MjValue {
+        match self {
+            VarValue::Borrowed(v) => json_to_minijinja_eager(v),
+            VarValue::Shared(a) => JsonNode::root((*a).clone()),
+            VarValue::Prepared(_, m) => (*m).clone(),
+        }
+    }
+}
+
+impl<'a> Vars<'a> {
+    /// Looks a variable up by name.
+    pub fn get(&self, name: &str) -> Option<&VarValue<'a>> {
+        self.entries
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+    }
+
+    fn context(&self) -> MjValue {
+        let map: std::collections::BTreeMap<String, MjValue> = self
+            .entries
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_minijinja()))
+            .collect();
+        MjValue::from(map)
+    }
+}
+
+/// A step of a placeholder path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PathStep {
+    Key(String),
+    Index(usize),
+}
+
+#[derive(Debug, Clone)]
+struct VarPath {
+    root: String,
+    steps: Vec<PathStep>,
+    source: String,
+}
+
+impl VarPath {
+    fn lookup<'v>(&self, vars: &Vars<'v>) -> Option<&'v Value> {
+        let mut current = vars.get(&self.root)?.json();
+        for step in &self.steps {
+            current = match (step, current) {
+                (PathStep::Key(k), Value::Object(m)) => m.get(k)?,
+                (PathStep::Index(i), Value::Array(a)) => a.get(*i)?,
+                _ => return None,
+            };
+        }
+        Some(current)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Piece {
+    Text(String),
+    Var(VarPath),
+}
+
+/// A template that is only text and `{{ plain.path }}` placeholders.
+#[derive(Debug, Clone)]
+struct FastTemplate {
+    pieces: Vec<Piece>,
+}
+
+impl FastTemplate {
+    fn parse(source: &str) -> Option<FastTemplate> {
+        if source.contains("{%") || source.contains("{#") {
+            return None;
+        }
+        let mut pieces = Vec::new();
+        let mut rest = source;
+        while let Some(start) = rest.find("{{") {
+            if start > 0 {
+                pieces.push(Piece::Text(rest[..start].to_string()));
+            }
+            let after = &rest[start + 2..];
+            let end = after.find("}}")?;
+            let inner = &after[..end];
+            if inner.starts_with('-') || inner.ends_with('-') {
+                return None;
+            }
+            pieces.push(Piece::Var(parse_var_path(inner.trim())?));
+            rest = &after[end + 2..];
+        }
+        if rest.contains("}}") {
+            return None;
+        }
+        if !rest.is_empty() {
+            pieces.push(Piece::Text(rest.to_string()));
+        }
+        Some(FastTemplate { pieces })
+    }
+
+    fn render(&self, vars: &Vars<'_>) -> Result<String, String> {
+        let mut out = String::new();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Var(path) => match path.lookup(vars) {
+                    None => return Err(undefined_message(&path.source)),
+                    Some(v) => write_display(&mut out, v)?,
+                },
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn undefined_message(path: &str) -> String {
+    format!("`{path}` is undefined (use `{{{{ {path} | default('') }}}}` if it is optional)")
+}
+
+/// Writes a JSON value the way minijinja prints it (null as empty text).
+fn write_display(out: &mut String, v: &Value) -> Result<(), String> {
+    match v {
+        Value::Null => {}
+        // Exactly as minijinja prints it.
+        Value::Bool(b) => {
+            let _ = write!(out, "{}", MjValue::from(*b));
+        }
+        Value::String(s) => out.push_str(s),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                let _ = write!(out, "{i}");
+            } else if let Some(u) = n.as_u64() {
+                let _ = write!(out, "{u}");
+            } else {
+                let _ = write!(out, "{}", MjValue::from(n.as_f64().unwrap_or(f64::NAN)));
+            }
+        }
+        other => {
+            let _ = write!(out, "{}", json_to_minijinja_eager(other));
+        }
+    }
+    Ok(())
+}
+
+/// Parses `name(.member | [index] | ['key'])*`.
+fn parse_var_path(s: &str) -> Option<VarPath> {
+    let ident_end = s
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(s.len());
+    let root = &s[..ident_end];
+    if root.is_empty()
+        || root.starts_with(|c: char| c.is_ascii_digit())
+        || matches!(
+            root,
+            "true" | "false" | "none" | "True" | "False" | "None" | "not" | "loop"
+        )
+    {
+        return None;
+    }
+    let mut steps = Vec::new();
+    let mut rest = &s[ident_end..];
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('.') {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            let name = &after[..end];
+            if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+                return None;
+            }
+            steps.push(PathStep::Key(name.to_string()));
+            rest = &after[end..];
+        } else if let Some(after) = rest.strip_prefix('[') {
+            let end = after.find(']')?;
+            let inner = after[..end].trim();
+            if let Ok(i) = inner.parse::<usize>() {
+                steps.push(PathStep::Index(i));
+            } else {
+                let key = inner
+                    .strip_prefix('\'')
+                    .and_then(|x| x.strip_suffix('\''))
+                    .or_else(|| inner.strip_prefix('"').and_then(|x| x.strip_suffix('"')))?;
+                if key.contains(['\'', '"', '\\']) {
+                    return None;
+                }
+                steps.push(PathStep::Key(key.to_string()));
+            }
+            rest = &after[end + 1..];
+        } else {
+            return None;
+        }
+    }
+    Some(VarPath {
+        root: root.to_string(),
+        steps,
+        source: s.to_string(),
+    })
+}
+
+/// A compiled template (text result).
+#[derive(Debug, Clone)]
+pub struct Template {
+    name: String,
+    fast: Option<FastTemplate>,
+}
+
+/// A compiled expression (typed result).
+#[derive(Debug, Clone)]
+pub struct Expression {
+    name: String,
+    /// A plain path: looked up directly.
+    fast: Option<VarPath>,
+}
+
+/// Holds the minijinja environment with every template and expression of a plan.
+pub struct Engine {
+    env: Environment<'static>,
+    counter: usize,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("templates", &self.counter)
+            .finish()
+    }
+}
+
+/// A compile error, with the position inside the template/expression source when known.
+#[derive(Debug, Clone)]
+pub struct CompileError {
+    /// minijinja's description, e.g. "unexpected end of input, expected end of variable block".
+    pub message: String,
+    /// 1-based line within the source.
+    pub line: Option<usize>,
+}
+
+const EXPR_PREFIX: &str = "{% set __value = (";
+const EXPR_SUFFIX: &str = ") %}";
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::new()
+    }
+}
+
+impl Engine {
+    /// A fresh environment with cosell's filters, tests and undefined semantics.
+    pub fn new() -> Engine {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        env.set_recursion_limit(64);
+        // Bounded work per evaluation: a hostile `{% for %}` over a huge range cannot hang the
+        // engine.
+        env.set_fuel(Some(200_000));
+        env.set_formatter(|out, _state, value| {
+            if value.is_undefined() {
+                return Err(Error::new(
+                    ErrorKind::UndefinedError,
+                    "printing an undefined value (use `| default('')` if it is optional)",
+                ));
+            }
+            if value.is_none() {
+                return Ok(());
+            }
+            write!(out, "{value}").map_err(|_| Error::new(ErrorKind::WriteFailure, "write failed"))
+        });
+        register_filters(&mut env);
+        Engine { env, counter: 0 }
+    }
+
+    /// Compiles a template.
+    pub fn template(&mut self, source: &str) -> Result<Template, CompileError> {
+        self.counter += 1;
+        let name = format!("t{}", self.counter);
+        self.env
+            .add_template_owned(name.clone(), source.to_string())
+            .map_err(compile_error)?;
+        Ok(Template {
+            name,
+            fast: FastTemplate::parse(source),
+        })
+    }
+
+    /// Compiles an expression.
+    pub fn expression(&mut self, source: &str) -> Result<Expression, CompileError> {
+        // Syntax check on the expression itself, so positions and messages refer to what the
+        // user wrote, not to the wrapper below.
+        self.env.compile_expression(source).map_err(compile_error)?;
+        self.counter += 1;
+        let name = format!("e{}", self.counter);
+        // Stored as a template that assigns the value: the environment owns it (no
+        // self-borrowing structs), and the value is read back from the render state.
+        self.env
+            .add_template_owned(name.clone(), format!("{EXPR_PREFIX}{source}{EXPR_SUFFIX}"))
+            .map_err(compile_error)?;
+        Ok(Expression {
+            name,
+            fast: parse_var_path(source.trim()),
+        })
+    }
+
+    /// Variables a template or expression reads (top-level names only).
+    pub fn variables_of(&self, name_of: &str) -> HashSet<String> {
+        match self.env.get_template(name_of) {
+            Ok(t) => {
+                let mut vars = t.undeclared_variables(false);
+                vars.remove("__value");
+                vars
+            }
+            Err(_) => HashSet::new(),
+        }
+    }
+
+    /// Renders a template.
+    pub fn render(&self, template: &Template, vars: &Vars<'_>) -> Result<String, String> {
+        if let Some(fast) = &template.fast {
+            return fast.render(vars);
+        }
+        let t = self
+            .env
+            .get_template(&template.name)
+            .map_err(|e| e.to_string())?;
+        t.render(vars.context()).map_err(|e| runtime_message(&e))
+    }
+
+    /// Evaluates an expression to JSON (undefined becomes null).
+    pub fn eval(&self, expr: &Expression, vars: &Vars<'_>) -> Result<Value, String> {
+        if let Some(fast) = &expr.fast
+            && vars.get(&fast.root).is_some()
+        {
+            return Ok(fast.lookup(vars).cloned().unwrap_or(Value::Null));
+        }
+        let value = self.eval_raw(expr, vars)?;
+        minijinja_to_json(&value)
+    }
+
+    /// Evaluates an expression for its truth (conditions and rules).
+    pub fn is_true(&self, expr: &Expression, vars: &Vars<'_>) -> Result<bool, String> {
+        if let Some(fast) = &expr.fast
+            && vars.get(&fast.root).is_some()
+        {
+            return Ok(fast.lookup(vars).is_some_and(json_truthy));
+        }
+        Ok(self.eval_raw(expr, vars)?.is_true())
+    }
+
+    fn eval_raw(&self, expr: &Expression, vars: &Vars<'_>) -> Result<MjValue, String> {
+        let t = self
+            .env
+            .get_template(&expr.name)
+            .map_err(|e| e.to_string())?;
+        let captured = t
+            .render_captured(vars.context())
+            .map_err(|e| runtime_message(&e))?;
+        Ok(captured
+            .state()
+            .lookup("__value")
+            .unwrap_or(MjValue::UNDEFINED))
+    }
+
+    /// Name under which a template is registered (for [`Engine::variables_of`]).
+    pub fn name_of_template(t: &Template) -> &str {
+        &t.name
+    }
+
+    /// Name under which an expression is registered (for [`Engine::variables_of`]).
+    pub fn name_of_expression(e: &Expression) -> &str {
+        &e.name
+    }
+}
+
+/// Whether this template is evaluated without minijinja.
+impl Template {
+    /// True when rendering bypasses minijinja.
+    pub fn is_fast(&self) -> bool {
+        self.fast.is_some()
+    }
+}
+
+impl Expression {
+    /// True when evaluation bypasses minijinja.
+    pub fn is_fast(&self) -> bool {
+        self.fast.is_some()
+    }
+}
+
+fn json_truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
+fn compile_error(e: Error) -> CompileError {
+    CompileError {
+        message: e.detail().unwrap_or(&e.to_string()).to_string(),
+        line: e.line(),
+    }
+}
+
+fn runtime_message(e: &Error) -> String {
+    let mut msg = e
+        .detail()
+        .map(str::to_string)
+        .unwrap_or_else(|| e.kind().to_string());
+    if e.kind() == ErrorKind::OutOfFuel {
+        msg = "template did too much work (loop too long?)".to_string();
+    }
+    msg
+}
+
+/// Converts minijinja output back to JSON.
+pub fn minijinja_to_json(v: &MjValue) -> Result<Value, String> {
+    if v.is_undefined() || v.is_none() {
+        return Ok(Value::Null);
+    }
+    serde_json::to_value(v).map_err(|e| format!("result is not representable as JSON: {e}"))
+}
+
+/// Eager conversion for small values (items, parents, results).
+pub fn json_to_minijinja_eager(v: &Value) -> MjValue {
+    MjValue::from(minijinja::value::Serde(v))
+}
+
+/// A lazy minijinja view over part of a shared JSON document.
+#[derive(Debug)]
+pub struct JsonNode {
+    root: Arc<Value>,
+    path: Box<[PathStep]>,
+}
+
+impl JsonNode {
+    /// Wraps a whole document.
+    pub fn root(root: Arc<Value>) -> MjValue {
+        if !matches!(*root, Value::Object(_) | Value::Array(_)) {
+            return json_to_minijinja_eager(&root);
+        }
+        MjValue::from_object(JsonNode {
+            root,
+            path: Box::new([]),
+        })
+    }
+
+    fn node(&self) -> &Value {
+        let mut current = self.root.as_ref();
+        for step in self.path.iter() {
+            current = match (step, current) {
+                (PathStep::Key(k), Value::Object(m)) => m.get(k).unwrap_or(&Value::Null),
+                (PathStep::Index(i), Value::Array(a)) => a.get(*i).unwrap_or(&Value::Null),
+                _ => &Value::Null,
+            };
+        }
+        current
+    }
+
+    fn child(&self, step: PathStep, value: &Value) -> MjValue {
+        match value {
+            Value::Null => MjValue::from(()),
+            Value::Bool(b) => MjValue::from(*b),
+            Value::Number(n) => number_to_minijinja(n),
+            Value::String(s) => MjValue::from(s.as_str()),
+            Value::Object(_) | Value::Array(_) => {
+                let mut path = Vec::with_capacity(self.path.len() + 1);
+                path.extend(self.path.iter().cloned());
+                path.push(step);
+                MjValue::from_object(JsonNode {
+                    root: self.root.clone(),
+                    path: path.into_boxed_slice(),
+                })
+            }
+        }
+    }
+}
+
+fn number_to_minijinja(n: &serde_json::Number) -> MjValue {
+    if let Some(i) = n.as_i64() {
+        MjValue::from(i)
+    } else if let Some(u) = n.as_u64() {
+        MjValue::from(u)
+    } else {
+        MjValue::from(n.as_f64().unwrap_or(f64::NAN))
+    }
+}
+
+impl Object for JsonNode {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        match self.node() {
+            Value::Array(_) => ObjectRepr::Seq,
+            _ => ObjectRepr::Map,
+        }
+    }
+
+    fn get_value(self: &Arc<Self>, key: &MjValue) -> Option<MjValue> {
+        match self.node() {
+            Value::Object(map) => {
+                let k = key.as_str()?;
+                let v = map.get(k)?;
+                Some(self.child(PathStep::Key(k.to_string()), v))
+            }
+            Value::Array(items) => {
+                let i = usize::try_from(key.as_i64()?).ok()?;
+                let v = items.get(i)?;
+                Some(self.child(PathStep::Index(i), v))
+            }
+            _ => None,
+        }
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        match self.node() {
+            Value::Object(map) => {
+                Enumerator::Values(map.keys().map(|k| MjValue::from(k.as_str())).collect())
+            }
+            Value::Array(items) => Enumerator::Seq(items.len()),
+            _ => Enumerator::Empty,
+        }
+    }
+
+    fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
+        match self.node() {
+            Value::Object(map) => Some(map.len()),
+            Value::Array(items) => Some(items.len()),
+            _ => Some(0),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Filters and tests
+// ---------------------------------------------------------------------------------------------
+
+fn via_json(
+    v: MjValue,
+    f: fn(Value) -> Result<Value, transforms::TransformError>,
+) -> Result<MjValue, Error> {
+    // Undefined stays undefined, so `{{ missing | date }}` is still caught when printed.
+    if v.is_undefined() {
+        return Ok(v);
+    }
+    let json = minijinja_to_json(&v).map_err(|m| Error::new(ErrorKind::InvalidOperation, m))?;
+    f(json)
+        .map(|out| json_to_minijinja_eager(&out))
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.message))
+}
+
+fn register_filters(env: &mut Environment<'static>) {
+    env.add_filter("country_code", |v: MjValue| {
+        via_json(v, transforms::country_code)
+    });
+    env.add_filter("country_name", |v: MjValue| {
+        via_json(v, transforms::country_name)
+    });
+    env.add_filter("country_alpha3", |v: MjValue| {
+        via_json(v, transforms::country_alpha3)
+    });
+    env.add_filter("currency_code", |v: MjValue| {
+        via_json(v, transforms::currency_code)
+    });
+    env.add_filter("date", |v: MjValue| via_json(v, transforms::date));
+    env.add_filter("datetime", |v: MjValue| via_json(v, transforms::datetime));
+    env.add_filter("number", |v: MjValue| via_json(v, transforms::number));
+    env.add_filter("strip_marks", |v: MjValue| {
+        via_json(v, transforms::strip_marks)
+    });
+    env.add_filter("empty_to_null", |v: MjValue| {
+        via_json(v, transforms::empty_to_null)
+    });
+    env.add_filter("truncate_chars", |v: MjValue, n: usize| {
+        if v.is_undefined() {
+            return Ok(v);
+        }
+        let json = minijinja_to_json(&v).map_err(|m| Error::new(ErrorKind::InvalidOperation, m))?;
+        transforms::truncate(json, n)
+            .map(|out| json_to_minijinja_eager(&out))
+            .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.message))
+    });
+    env.add_test("country_code", |v: MjValue| {
+        v.as_str().is_some_and(transforms::country::is_alpha2_code)
+    });
+    env.add_test("country", |v: MjValue| {
+        v.as_str()
+            .is_some_and(|s| transforms::country::find(s).is_some())
+    });
+    env.add_test("currency_code", |v: MjValue| {
+        v.as_str().is_some_and(transforms::currency::is_code)
+    });
+    env.add_test("blank", |v: MjValue| {
+        v.is_undefined() || v.is_none() || v.as_str().is_some_and(|s| s.trim().is_empty())
+    });
+    env.add_test("email", |v: MjValue| {
+        v.as_str().is_some_and(looks_like_email)
+    });
+    env.add_test("date", |v: MjValue| {
+        v.as_str()
+            .is_some_and(|s| transforms::datetime::parse(s).is_some())
+    });
+}
+
+/// A deliberately loose e-mail check: one `@`, something on both sides, a dot in the domain.
+pub fn looks_like_email(s: &str) -> bool {
+    let s = s.trim();
+    match s.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !s.contains(char::is_whitespace)
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn with_vars<R>(record: &Arc<Value>, f: impl FnOnce(&Vars<'_>) -> R) -> R {
+        let settings = json!({"checkmark_in_name": true, "deal_value_field": "estimatedvalue"});
+        let mj = json_to_minijinja_eager(&settings);
+        let vars = Vars {
+            entries: vec![
+                ("referral", VarValue::Shared(record)),
+                ("settings", VarValue::Prepared(&settings, &mj)),
+            ],
+        };
+        f(&vars)
+    }
+
+    #[test]
+    fn fast_and_slow_templates_agree() {
+        let record = Arc::new(
+            json!({"name": "Deal", "details": {"dealValue": 50000, "x": 1.5, "n": null}, "team": [{"email": "a@b.c"}]}),
+        );
+        let mut engine = Engine::new();
+        for src in [
+            "{{ referral.name }} ✔",
+            "{{ referral.details.dealValue }}",
+            "{{ referral.details.x }}",
+            "[{{ referral.details.n }}]",
+            "{{ referral.team[0].email }}",
+            "{{ settings.checkmark_in_name }}",
+        ] {
+            let fast = engine.template(src).unwrap();
+            assert!(fast.is_fast(), "{src}");
+            let slow = engine
+                .template(&format!("{src}{{% if false %}}{{% endif %}}"))
+                .unwrap();
+            assert!(!slow.is_fast());
+            with_vars(&record, |vars| {
+                assert_eq!(
+                    engine.render(&fast, vars),
+                    engine.render(&slow, vars),
+                    "{src}"
+                );
+            });
+        }
+        let missing = engine.template("{{ referral.nope }}").unwrap();
+        let missing_slow = engine
+            .template("{{ referral.nope }}{% if false %}{% endif %}")
+            .unwrap();
+        with_vars(&record, |vars| {
+            assert!(engine.render(&missing, vars).is_err());
+            assert!(engine.render(&missing_slow, vars).is_err());
+        });
+    }
+
+    #[test]
+    fn expressions_keep_types_and_undefined_is_falsy() {
+        let record = Arc::new(json!({"type": "Shared", "details": {"dealValue": 50000}}));
+        let mut engine = Engine::new();
+        let e = engine.expression("referral.details.dealValue * 2").unwrap();
+        let when = engine
+            .expression("referral.type == 'Shared' or not settings.checkmark_in_name")
+            .unwrap();
+        let missing = engine
+            .expression("referral.inviteContext.assistanceRequestCode")
+            .unwrap();
+        let country = engine
+            .expression("'US' is country_code and 'us' is not country_code")
+            .unwrap();
+        with_vars(&record, |vars| {
+            assert_eq!(engine.eval(&e, vars).unwrap(), json!(100000));
+            assert!(engine.is_true(&when, vars).unwrap());
+            assert!(!engine.is_true(&missing, vars).unwrap());
+            assert_eq!(engine.eval(&missing, vars).unwrap(), Value::Null);
+            assert!(engine.is_true(&country, vars).unwrap());
+        });
+    }
+
+    #[test]
+    fn runaway_templates_run_out_of_fuel() {
+        let record = Arc::new(json!({}));
+        let mut engine = Engine::new();
+        let t = engine
+            .template(
+                "{% for i in range(100000) %}{% for j in range(1000) %}x{% endfor %}{% endfor %}",
+            )
+            .unwrap();
+        with_vars(&record, |vars| assert!(engine.render(&t, vars).is_err()));
+    }
+}
