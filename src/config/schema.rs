@@ -58,6 +58,27 @@ pub fn check(document: &Value, spans: &SpanIndex) -> Vec<Diagnostic> {
     for error in validator.iter_errors(document) {
         translate(&error, document, schema, spans, &mut out);
     }
+    // A misspelt required key shows up twice: as unknown ("sorce") and as missing ("source").
+    // The unknown-key diagnostic already says "did you mean `source`?"; drop the other.
+    let typo_fixes: Vec<(String, String)> = out
+        .iter()
+        .filter(|d| d.code == "unknown-key")
+        .filter_map(|d| {
+            let place = d.message.split_once(" in ")?.1.to_string();
+            let fix = d
+                .hint
+                .as_deref()?
+                .strip_prefix("did you mean `")?
+                .strip_suffix("`?")?;
+            Some((place, fix.to_string()))
+        })
+        .collect();
+    out.retain(|d| {
+        d.code != "missing-key"
+            || !typo_fixes
+                .iter()
+                .any(|(place, fix)| d.message == format!("missing key \"{fix}\" in {place}"))
+    });
     // Several anyOf branches can report the same thing; keep one of each.
     let mut seen = std::collections::HashSet::new();
     out.retain(|d| seen.insert((d.span.map(|s| (s.line, s.col)), d.message.clone())));

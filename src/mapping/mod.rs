@@ -1,6 +1,7 @@
 //! Compiling and evaluating mappings. Everything here is pure (no IO), so it is fast and
 //! testable; the engine, `cosell map` and `cosell test` all go through [`Plan`].
 
+pub mod fastexpr;
 pub mod lookup;
 pub mod plan;
 pub mod referral_schema;

@@ -22,7 +22,11 @@ use minijinja::value::{Enumerator, Object, ObjectRepr};
 use minijinja::{Environment, Error, ErrorKind, UndefinedBehavior, Value as MjValue};
 use serde_json::Value;
 
+use super::fastexpr::{FastExpr, FastValue};
 use super::transforms;
+
+/// Marker error: the fast path cannot decide, ask minijinja.
+const FALLBACK: &str = "\u{0}fallback";
 
 /// Variable names and the JSON they stand for, for one evaluation.
 pub struct Vars<'a> {
@@ -87,30 +91,9 @@ enum PathStep {
 }
 
 #[derive(Debug, Clone)]
-struct VarPath {
-    root: String,
-    steps: Vec<PathStep>,
-    source: String,
-}
-
-impl VarPath {
-    fn lookup<'v>(&self, vars: &Vars<'v>) -> Option<&'v Value> {
-        let mut current = vars.get(&self.root)?.json();
-        for step in &self.steps {
-            current = match (step, current) {
-                (PathStep::Key(k), Value::Object(m)) => m.get(k)?,
-                (PathStep::Index(i), Value::Array(a)) => a.get(*i)?,
-                _ => return None,
-            };
-        }
-        Some(current)
-    }
-}
-
-#[derive(Debug, Clone)]
 enum Piece {
     Text(String),
-    Var(VarPath),
+    Expr(FastExpr, String),
 }
 
 /// A template that is only text and `{{ plain.path }}` placeholders.
@@ -136,7 +119,8 @@ impl FastTemplate {
             if inner.starts_with('-') || inner.ends_with('-') {
                 return None;
             }
-            pieces.push(Piece::Var(parse_var_path(inner.trim())?));
+            let body = inner.trim();
+            pieces.push(Piece::Expr(FastExpr::parse(body)?, body.to_string()));
             rest = &after[end + 2..];
         }
         if rest.contains("}}") {
@@ -153,9 +137,11 @@ impl FastTemplate {
         for piece in &self.pieces {
             match piece {
                 Piece::Text(t) => out.push_str(t),
-                Piece::Var(path) => match path.lookup(vars) {
-                    None => return Err(undefined_message(&path.source)),
-                    Some(v) => write_display(&mut out, v)?,
+                Piece::Expr(expr, source) => match expr.eval(vars) {
+                    Ok(FastValue::Undefined) => return Err(undefined_message(source)),
+                    Ok(FastValue::Json(v)) => write_display(&mut out, &v)?,
+                    // Let minijinja produce its own error message.
+                    Err(_) => return Err(FALLBACK.to_string()),
                 },
             }
         }
@@ -192,61 +178,6 @@ fn write_display(out: &mut String, v: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses `name(.member | [index] | ['key'])*`.
-fn parse_var_path(s: &str) -> Option<VarPath> {
-    let ident_end = s
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .unwrap_or(s.len());
-    let root = &s[..ident_end];
-    if root.is_empty()
-        || root.starts_with(|c: char| c.is_ascii_digit())
-        || matches!(
-            root,
-            "true" | "false" | "none" | "True" | "False" | "None" | "not" | "loop"
-        )
-    {
-        return None;
-    }
-    let mut steps = Vec::new();
-    let mut rest = &s[ident_end..];
-    while !rest.is_empty() {
-        if let Some(after) = rest.strip_prefix('.') {
-            let end = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
-            let name = &after[..end];
-            if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
-                return None;
-            }
-            steps.push(PathStep::Key(name.to_string()));
-            rest = &after[end..];
-        } else if let Some(after) = rest.strip_prefix('[') {
-            let end = after.find(']')?;
-            let inner = after[..end].trim();
-            if let Ok(i) = inner.parse::<usize>() {
-                steps.push(PathStep::Index(i));
-            } else {
-                let key = inner
-                    .strip_prefix('\'')
-                    .and_then(|x| x.strip_suffix('\''))
-                    .or_else(|| inner.strip_prefix('"').and_then(|x| x.strip_suffix('"')))?;
-                if key.contains(['\'', '"', '\\']) {
-                    return None;
-                }
-                steps.push(PathStep::Key(key.to_string()));
-            }
-            rest = &after[end + 1..];
-        } else {
-            return None;
-        }
-    }
-    Some(VarPath {
-        root: root.to_string(),
-        steps,
-        source: s.to_string(),
-    })
-}
-
 /// A compiled template (text result).
 #[derive(Debug, Clone)]
 pub struct Template {
@@ -258,8 +189,8 @@ pub struct Template {
 #[derive(Debug, Clone)]
 pub struct Expression {
     name: String,
-    /// A plain path: looked up directly.
-    fast: Option<VarPath>,
+    /// The expression, when it is inside the fast subset.
+    fast: Option<FastExpr>,
 }
 
 /// Holds the minijinja environment with every template and expression of a plan.
@@ -346,7 +277,7 @@ impl Engine {
             .map_err(compile_error)?;
         Ok(Expression {
             name,
-            fast: parse_var_path(source.trim()),
+            fast: FastExpr::parse(source),
         })
     }
 
@@ -365,7 +296,10 @@ impl Engine {
     /// Renders a template.
     pub fn render(&self, template: &Template, vars: &Vars<'_>) -> Result<String, String> {
         if let Some(fast) = &template.fast {
-            return fast.render(vars);
+            match fast.render(vars) {
+                Err(e) if e == FALLBACK => {}
+                other => return other,
+            }
         }
         let t = self
             .env
@@ -377,9 +311,9 @@ impl Engine {
     /// Evaluates an expression to JSON (undefined becomes null).
     pub fn eval(&self, expr: &Expression, vars: &Vars<'_>) -> Result<Value, String> {
         if let Some(fast) = &expr.fast
-            && vars.get(&fast.root).is_some()
+            && let Ok(v) = fast.eval(vars)
         {
-            return Ok(fast.lookup(vars).cloned().unwrap_or(Value::Null));
+            return Ok(v.into_json());
         }
         let value = self.eval_raw(expr, vars)?;
         minijinja_to_json(&value)
@@ -388,9 +322,9 @@ impl Engine {
     /// Evaluates an expression for its truth (conditions and rules).
     pub fn is_true(&self, expr: &Expression, vars: &Vars<'_>) -> Result<bool, String> {
         if let Some(fast) = &expr.fast
-            && vars.get(&fast.root).is_some()
+            && let Ok(v) = fast.eval(vars)
         {
-            return Ok(fast.lookup(vars).is_some_and(json_truthy));
+            return Ok(v.truthy());
         }
         Ok(self.eval_raw(expr, vars)?.is_true())
     }
@@ -432,17 +366,6 @@ impl Expression {
     /// True when evaluation bypasses minijinja.
     pub fn is_fast(&self) -> bool {
         self.fast.is_some()
-    }
-}
-
-fn json_truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
     }
 }
 
@@ -755,5 +678,126 @@ mod tests {
             )
             .unwrap();
         with_vars(&record, |vars| assert!(engine.render(&t, vars).is_err()));
+    }
+
+    mod equivalence {
+        use super::super::*;
+        use crate::mapping::fastexpr::FastExpr;
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        fn atom() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("r.a".to_string()),
+                Just("r.b".to_string()),
+                Just("r.c.d".to_string()),
+                Just("r.list[0]".to_string()),
+                Just("r.list".to_string()),
+                Just("r['a']".to_string()),
+                Just("r.missing".to_string()),
+                Just("r.missing.deeper".to_string()),
+                Just("settings.flag".to_string()),
+                Just("settings.field".to_string()),
+                Just("r[settings.field]".to_string()),
+                Just("'US'".to_string()),
+                Just("'x'".to_string()),
+                Just("''".to_string()),
+                Just("1".to_string()),
+                Just("0".to_string()),
+                Just("2.5".to_string()),
+                Just("true".to_string()),
+                Just("none".to_string()),
+                Just("[1, 'a']".to_string()),
+            ]
+        }
+
+        fn expr() -> impl Strategy<Value = String> {
+            atom().prop_recursive(3, 24, 3, |inner| {
+                prop_oneof![
+                    (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} == {b})")),
+                    (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} != {b})")),
+                    (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} and {b})")),
+                    (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} or {b})")),
+                    inner.clone().prop_map(|a| format!("(not {a})")),
+                    (inner.clone(), inner.clone(), inner.clone())
+                        .prop_map(|(a, b, c)| format!("({a} if {b} else {c})")),
+                    (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} ~ {b})")),
+                    (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} in {b})")),
+                    inner.clone().prop_map(|a| format!("({a} is defined)")),
+                    inner.clone().prop_map(|a| format!("({a} is not none)")),
+                    inner.clone().prop_map(|a| format!("({a} is blank)")),
+                    inner.clone().prop_map(|a| format!("({a} is country_code)")),
+                    inner.clone().prop_map(|a| format!("({a} | default('d'))")),
+                    inner.clone().prop_map(|a| format!("({a} | length)")),
+                    inner.clone().prop_map(|a| format!("({a} | upper)")),
+                    (inner.clone(), inner).prop_map(|(a, b)| format!("({a} < {b})")),
+                ]
+            })
+        }
+
+        fn record() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(json!(null)),
+                Just(json!(true)),
+                Just(json!(false)),
+                Just(json!(0)),
+                Just(json!(1)),
+                Just(json!(2.5)),
+                Just(json!("US")),
+                Just(json!("x")),
+                Just(json!("")),
+                Just(json!("a")),
+            ];
+            (
+                leaf.clone(),
+                leaf.clone(),
+                leaf.clone(),
+                prop::collection::vec(leaf, 0..3),
+            )
+                .prop_map(
+                    |(a, b, d, list)| json!({ "a": a, "b": b, "c": { "d": d }, "list": list }),
+                )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+            #[test]
+            fn fast_expressions_agree_with_minijinja(e in expr(), r in record(), flag in any::<bool>()) {
+                let Some(fast) = FastExpr::parse(&e) else { return Ok(()) };
+                let mut engine = Engine::new();
+                let compiled = engine.expression(&e).unwrap();
+                let record = Arc::new(r);
+                let settings = json!({"flag": flag, "field": "a"});
+                let mj = json_to_minijinja_eager(&settings);
+                let vars = Vars { entries: vec![("r", VarValue::Shared(&record)), ("settings", VarValue::Prepared(&settings, &mj))] };
+                let slow = engine.eval_raw(&compiled, &vars);
+                if let Ok(v) = fast.eval(&vars) {
+                    let slow = slow.map_err(|e| format!("minijinja failed where the fast path did not: {e}"));
+                    prop_assert!(slow.is_ok(), "{e}: {:?}", slow);
+                    let slow = slow.unwrap();
+                    prop_assert_eq!(v.truthy(), slow.is_true(), "truthiness of {}", e);
+                    let slow_json = minijinja_to_json(&slow).unwrap();
+                    prop_assert_eq!(v.into_json(), slow_json, "value of {}", e);
+                }
+            }
+
+            #[test]
+            fn fast_templates_agree_with_minijinja(e in expr(), r in record(), flag in any::<bool>()) {
+                let src = format!("<{{{{ {e} }}}}>");
+                let mut engine = Engine::new();
+                let fast = engine.template(&src).unwrap();
+                if !fast.is_fast() { return Ok(()) }
+                let slow = engine.template(&format!("{src}{{% if false %}}{{% endif %}}")).unwrap();
+                let record = Arc::new(r);
+                let settings = json!({"flag": flag, "field": "a"});
+                let mj = json_to_minijinja_eager(&settings);
+                let vars = Vars { entries: vec![("r", VarValue::Shared(&record)), ("settings", VarValue::Prepared(&settings, &mj))] };
+                let (f, s) = (engine.render(&fast, &vars), engine.render(&slow, &vars));
+                prop_assert_eq!(f.is_ok(), s.is_ok(), "{}: {:?} vs {:?}", src, f, s);
+                if let (Ok(f), Ok(s)) = (f, s) {
+                    prop_assert_eq!(f, s, "{}", src);
+                }
+            }
+        }
     }
 }
