@@ -176,9 +176,15 @@ fn compare(
         ));
     }
     let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
+    let input = Input {
+        record,
+        parent: test.parent.as_ref(),
+        operation: test.operation,
+    };
+    let create = |name: &str| plan.lookup_create_text(flow, name, &input);
     if !test.records.is_empty() {
         for r in &mut mapped.records {
-            outcomes.extend(lookup::resolve_offline(plan, r, &test.records));
+            outcomes.extend(lookup::resolve_offline(plan, r, &test.records, &create));
         }
     }
     let first = mapped.records.first().cloned().unwrap_or_default();
@@ -227,6 +233,14 @@ fn compare(
         };
         let got = serde_json::to_value(request).unwrap_or(Value::Null);
         let mut got = got.as_object().cloned().unwrap_or_default();
+        if request.on_missing == crate::config::model::OnMissing::Create {
+            match create(name) {
+                Ok(fields) => {
+                    got.insert("create".into(), Value::Object(fields));
+                }
+                Err(message) => failures.push(format!("lookup `{name}` create: {message}")),
+            }
+        }
         if let Some(o) = outcomes.get(name)
             && let Ok(Value::Object(om)) = serde_json::to_value(o)
         {

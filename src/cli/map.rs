@@ -290,9 +290,15 @@ fn map_value(job: &Job<'_>, value: Value, n: usize) -> Produced {
         }
         return p;
     }
+    let input = Input {
+        record: &record,
+        parent: job.parent.as_ref(),
+        operation: job.operation,
+    };
+    let create = |name: &str| job.plan.lookup_create_text(job.flow, name, &input);
     for mut target in mapped.records {
         if let Some(records) = &job.records {
-            let outcomes = lookup::resolve_offline(job.plan, &mut target, records);
+            let outcomes = lookup::resolve_offline(job.plan, &mut target, records, &create);
             for (name, o) in outcomes {
                 if let lookup::Outcome::Failed { message } = o {
                     p.failed = true;
@@ -314,6 +320,10 @@ fn map_value(job: &Job<'_>, value: Value, n: usize) -> Produced {
                 })
                 .collect();
             lookup::substitute(&mut target.fields, &described);
+        }
+        // No partial output: a record whose lookups cannot be completed is not printed.
+        if p.failed {
+            continue;
         }
         let written = if job.pretty {
             serde_json::to_writer_pretty(&mut p.stdout, &target.fields)

@@ -50,15 +50,17 @@ pub fn values_match(wanted: &Value, actual: &Value) -> bool {
 /// Resolves a record's lookups against `records` (table → rows) and substitutes the results
 /// into its fields. Returns the outcome of each lookup by name; a `Failed` outcome means the
 /// record must not be written.
+/// `create` computes the fields of the record a lookup creates (see `Plan::lookup_create`).
 pub fn resolve_offline(
     plan: &Plan,
     record: &mut TargetRecord,
     records: &BTreeMap<String, Vec<Value>>,
+    create: &dyn Fn(&str) -> Result<Map<String, Value>, String>,
 ) -> BTreeMap<String, Outcome> {
     let mut outcomes = BTreeMap::new();
     let mut results: BTreeMap<String, Value> = BTreeMap::new();
     for request in &record.lookups {
-        let outcome = resolve_one(request, records, &results);
+        let outcome = resolve_one(request, records, &results, create);
         let result = match &outcome {
             Outcome::Found { id } | Outcome::Created { id, .. } => {
                 plan.lookup_result(&request.name, id).ok()
@@ -78,6 +80,7 @@ fn resolve_one(
     request: &LookupRequest,
     records: &BTreeMap<String, Vec<Value>>,
     earlier: &BTreeMap<String, Value>,
+    create: &dyn Fn(&str) -> Result<Map<String, Value>, String>,
 ) -> Outcome {
     let rows = records
         .get(&request.entity)
@@ -99,7 +102,10 @@ fn resolve_one(
     }
     match request.on_missing {
         OnMissing::Create => {
-            let mut fields = request.create.clone();
+            let mut fields = match create(&request.name) {
+                Ok(f) => f,
+                Err(message) => return Outcome::Failed { message },
+            };
             substitute(&mut fields, earlier);
             Outcome::Created {
                 id: format!("new-{}", request.name),

@@ -94,9 +94,12 @@ impl ValueMapPlan {
         } else {
             &self.forward
         };
-        if let Some(k) = key_text(&v)
-            && let Some(out) = table.get(&self.norm(k))
-        {
+        // Text keys (the common case) are looked up without allocating.
+        let found = match &v {
+            Value::String(s) if !self.ignore_case => table.get(s.as_str()),
+            other => key_text(other).and_then(|k| table.get(&self.norm(k))),
+        };
+        if let Some(out) = found {
             return Ok(out.clone());
         }
         match &self.fallback {
@@ -586,6 +589,83 @@ impl Plan {
         out
     }
 
+    /// The fields of the record a lookup creates when nothing matched, evaluated in the scope
+    /// of the flow that needs it (`item` for `for_each` flows). Placeholders of the lookups it
+    /// depends on are left for the caller to substitute.
+    pub fn lookup_create(
+        &self,
+        flow: &FlowPlan,
+        name: &str,
+        input: &Input<'_>,
+        item: Option<&Value>,
+    ) -> Result<Map<String, Value>, Vec<Violation>> {
+        let Some(l) = self.lookups.get(name) else {
+            return Err(vec![Violation {
+                field: None,
+                message: format!("unknown lookup `{name}`"),
+            }]);
+        };
+        let operation = match input.operation {
+            Operation::Create => &self.op_create,
+            Operation::Update => &self.op_update,
+        };
+        let mut vars = Vars {
+            entries: vec![
+                (flow.source.as_str(), VarValue::Shared(input.record)),
+                (
+                    "settings",
+                    VarValue::Prepared(&self.settings, &self.settings_mj),
+                ),
+                ("operation", VarValue::Borrowed(operation)),
+            ],
+        };
+        if let Some(p) = input.parent {
+            vars.entries.push(("parent", VarValue::Borrowed(p)));
+        }
+        let dollar: &Value = match item {
+            Some(i) => {
+                vars.entries.push(("item", VarValue::Borrowed(i)));
+                i
+            }
+            None => input.record,
+        };
+        let mut create = Map::new();
+        let mut violations = Vec::new();
+        let mut nested: Vec<&str> = Vec::new();
+        for f in &l.create {
+            let mut inner = Vec::new();
+            if let Some(v) =
+                self.field_value(f, &vars, dollar, Operation::Create, &mut inner, &mut nested)
+            {
+                insert(&mut create, f, v);
+            }
+            violations.extend(inner.into_iter().map(|mut v| {
+                v.field = Some(format!("lookup {name}: {}", v.field.unwrap_or_default()));
+                v
+            }));
+        }
+        if violations.is_empty() {
+            Ok(create)
+        } else {
+            Err(violations)
+        }
+    }
+
+    /// [`Plan::lookup_create`] with its violations joined into one message.
+    pub fn lookup_create_text(
+        &self,
+        flow: &FlowPlan,
+        name: &str,
+        input: &Input<'_>,
+    ) -> Result<Map<String, Value>, String> {
+        self.lookup_create(flow, name, input, None).map_err(|v| {
+            v.into_iter()
+                .map(|v| v.message)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+
     /// Fields written back to the source record after the target was written (`result`).
     pub fn on_success(
         &self,
@@ -883,26 +963,9 @@ impl Plan {
                     v
                 }));
             }
-            let mut create = Map::new();
-            if l.on_missing == OnMissing::Create {
-                for f in &l.create {
-                    let mut inner = Vec::new();
-                    if let Some(v) = self.field_value(
-                        f,
-                        vars,
-                        dollar,
-                        Operation::Create,
-                        &mut inner,
-                        &mut nested,
-                    ) {
-                        insert(&mut create, f, v);
-                    }
-                    violations.extend(inner.into_iter().map(|mut v| {
-                        v.field = Some(format!("lookup {name}: {}", v.field.unwrap_or_default()));
-                        v
-                    }));
-                }
-            }
+            // `create` fields are computed only when a lookup finds nothing
+            // (`Plan::lookup_create`): most lookups match, and this is the hot path.
+            let create = Map::new();
             let message = l.message.as_ref().map(|m| {
                 self.engine
                     .render(m, vars)
