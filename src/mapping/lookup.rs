@@ -35,6 +35,10 @@ pub enum Outcome {
     },
 }
 
+/// Computes the fields of the record a lookup creates, by lookup name (see
+/// `Plan::lookup_create_text`); `Err` is the user-facing reason it cannot.
+pub type CreateFields<'a> = dyn Fn(&str) -> Result<Map<String, Value>, String> + 'a;
+
 /// Whether two values are equal for lookup purposes.
 pub fn values_match(wanted: &Value, actual: &Value) -> bool {
     match (wanted, actual) {
@@ -55,7 +59,7 @@ pub fn resolve_offline(
     plan: &Plan,
     record: &mut TargetRecord,
     records: &BTreeMap<String, Vec<Value>>,
-    create: &dyn Fn(&str) -> Result<Map<String, Value>, String>,
+    create: &CreateFields<'_>,
 ) -> BTreeMap<String, Outcome> {
     let mut outcomes = BTreeMap::new();
     let mut results: BTreeMap<String, Value> = BTreeMap::new();
@@ -80,7 +84,7 @@ fn resolve_one(
     request: &LookupRequest,
     records: &BTreeMap<String, Vec<Value>>,
     earlier: &BTreeMap<String, Value>,
-    create: &dyn Fn(&str) -> Result<Map<String, Value>, String>,
+    create: &CreateFields<'_>,
 ) -> Outcome {
     let rows = records
         .get(&request.entity)
