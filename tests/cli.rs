@@ -108,6 +108,8 @@ fn map_yields_the_deal_value_and_the_account_lookup() {
     assert_eq!(lookup["entity"], "accounts");
     assert_eq!(lookup["match"]["name"], "Contoso Customer Inc");
     assert_eq!(lookup["match"]["address1_postalcode"], "98052");
+    assert_eq!(lookup["on_missing"], "create");
+    assert_eq!(lookup["create"]["address1_country"], "US");
 }
 
 #[test]

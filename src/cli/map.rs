@@ -307,18 +307,26 @@ fn map_value(job: &Job<'_>, value: Value, n: usize) -> Produced {
                 }
             }
         } else if !target.lookups.is_empty() {
-            let described: BTreeMap<String, Value> = target
-                .lookups
-                .iter()
-                .map(|l| {
-                    let mut m = serde_json::Map::new();
-                    m.insert(
-                        "$lookup".into(),
-                        serde_json::to_value(l).unwrap_or(Value::Null),
-                    );
-                    (l.name.clone(), Value::Object(m))
-                })
-                .collect();
+            let mut described: BTreeMap<String, Value> = BTreeMap::new();
+            for l in &target.lookups {
+                let mut l = l.clone();
+                if l.on_missing == crate::config::model::OnMissing::Create {
+                    match create(&l.name) {
+                        Ok(fields) => l.create = fields,
+                        Err(message) => {
+                            p.failed = true;
+                            p.stderr
+                                .push_str(&format!("record {n}: ✘ lookup {}: {message}\n", l.name));
+                        }
+                    }
+                }
+                let mut m = serde_json::Map::new();
+                m.insert(
+                    "$lookup".into(),
+                    serde_json::to_value(&l).unwrap_or(Value::Null),
+                );
+                described.insert(l.name.clone(), Value::Object(m));
+            }
             lookup::substitute(&mut target.fields, &described);
         }
         // No partial output: a record whose lookups cannot be completed is not printed.
