@@ -61,6 +61,10 @@ struct Job<'a> {
 /// What one input record produced.
 #[derive(Default)]
 struct Produced {
+    /// The flow's `when` was false (counted, reported once at the end).
+    skipped: bool,
+    /// An input record was seen (blank lines are not records).
+    counted: bool,
     stdout: Vec<u8>,
     stderr: String,
     failed: bool,
@@ -146,6 +150,7 @@ fn stream(job: &Job<'_>, reader: &mut dyn BufRead, threads: usize) -> Result<boo
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     let mut all_ok = true;
+    let mut tally = Tally::default();
     let mut first = Vec::new();
     // Skip leading blank lines, then decide: a first line that is a whole JSON value means
     // JSON Lines; anything else is one (possibly multi-line) document.
@@ -178,9 +183,10 @@ fn stream(job: &Job<'_>, reader: &mut dyn BufRead, threads: usize) -> Result<boo
                     ..Default::default()
                 },
             };
-            all_ok &= emit(&mut out, produced)?;
+            all_ok &= emit(&mut out, produced, &mut tally)?;
         }
         out.flush().map_err(|e| e.to_string())?;
+        report_skipped(&tally);
         return Ok(all_ok);
     }
     const CHUNK: usize = 4096;
@@ -202,7 +208,7 @@ fn stream(job: &Job<'_>, reader: &mut dyn BufRead, threads: usize) -> Result<boo
         }
         let results = process_chunk(job, &chunk, line_no, threads);
         for p in results {
-            all_ok &= emit(&mut out, p)?;
+            all_ok &= emit(&mut out, p, &mut tally)?;
         }
         line_no += chunk.len();
         chunk.clear();
@@ -211,16 +217,34 @@ fn stream(job: &Job<'_>, reader: &mut dyn BufRead, threads: usize) -> Result<boo
         }
     }
     out.flush().map_err(|e| e.to_string())?;
+    report_skipped(&tally);
     Ok(all_ok)
 }
 
-fn emit(out: &mut impl Write, p: Produced) -> Result<bool, String> {
+/// Records seen and skipped, for the closing note on stderr.
+#[derive(Default)]
+struct Tally {
+    records: usize,
+    skipped: usize,
+}
+
+fn emit(out: &mut impl Write, p: Produced, tally: &mut Tally) -> Result<bool, String> {
     out.write_all(&p.stdout)
         .map_err(|e| format!("cannot write output: {e}"))?;
     if !p.stderr.is_empty() {
         eprint!("{}", p.stderr);
     }
+    tally.records += usize::from(p.counted || p.failed);
+    tally.skipped += usize::from(p.skipped);
     Ok(!p.failed)
+}
+
+fn report_skipped(tally: &Tally) {
+    match (tally.skipped, tally.records) {
+        (0, _) => {}
+        (1, 1) => eprintln!("the record was skipped: the flow's `when` is false"),
+        (s, n) => eprintln!("{s} of {n} records skipped: the flow's `when` is false"),
+    }
 }
 
 fn process_chunk(
@@ -279,8 +303,9 @@ fn map_value(job: &Job<'_>, value: Value, n: usize) -> Produced {
         },
     );
     let mut p = Produced::default();
+    p.counted = true;
     if mapped.skipped {
-        p.stderr = format!("record {n}: skipped (the flow's `when` is false)\n");
+        p.skipped = true;
         return p;
     }
     if !mapped.violations.is_empty() {
