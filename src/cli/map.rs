@@ -302,8 +302,10 @@ fn map_value(job: &Job<'_>, value: Value, n: usize) -> Produced {
             operation: job.operation,
         },
     );
-    let mut p = Produced::default();
-    p.counted = true;
+    let mut p = Produced {
+        counted: true,
+        ..Default::default()
+    };
     if mapped.skipped {
         p.skipped = true;
         return p;
