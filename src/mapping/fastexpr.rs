@@ -147,7 +147,7 @@ impl FastExpr {
     }
 
     /// Evaluates against the variables.
-    pub fn eval<'v>(&self, vars: &Vars<'v>) -> Result<FastValue<'v>, String> {
+    pub fn eval<'a>(&'a self, vars: &Vars<'a>) -> Result<FastValue<'a>, String> {
         eval(&self.root, vars)
     }
 }
@@ -481,9 +481,10 @@ impl Parser {
 // Evaluation
 // ---------------------------------------------------------------------------------------------
 
-fn eval<'v>(node: &Node, vars: &Vars<'v>) -> Result<FastValue<'v>, String> {
+fn eval<'v>(node: &'v Node, vars: &Vars<'v>) -> Result<FastValue<'v>, String> {
     Ok(match node {
-        Node::Const(v) => FastValue::owned(v.clone()),
+        // Constants live as long as the plan: borrowed, never copied.
+        Node::Const(v) => FastValue::Json(Cow::Borrowed(v)),
         Node::Var(name) => match vars.get(name) {
             Some(v) => FastValue::Json(Cow::Borrowed(v.json())),
             None => FastValue::Undefined,
@@ -606,10 +607,6 @@ pub fn display(v: &FastValue<'_>) -> String {
     }
 }
 
-fn as_f64(v: &Value) -> Option<f64> {
-    v.as_f64()
-}
-
 fn compare(a: &FastValue<'_>, op: CmpOp, b: &FastValue<'_>) -> Result<bool, String> {
     let (x, y) = (a.json(), b.json());
     match op {
@@ -617,9 +614,7 @@ fn compare(a: &FastValue<'_>, op: CmpOp, b: &FastValue<'_>) -> Result<bool, Stri
             let eq = match (x, y) {
                 (None, None) => true,
                 (None, _) | (_, None) => false,
-                (Some(Value::Number(m)), Some(Value::Number(n))) => {
-                    as_f64(&Value::Number(m.clone())) == as_f64(&Value::Number(n.clone()))
-                }
+                (Some(Value::Number(m)), Some(Value::Number(n))) => m.as_f64() == n.as_f64(),
                 // minijinja compares true == 1.
                 (Some(Value::Bool(p)), Some(Value::Number(n)))
                 | (Some(Value::Number(n)), Some(Value::Bool(p))) => {
