@@ -124,56 +124,43 @@ fn short_json(v: &Value) -> String {
     }
 }
 
+/// One compiled conversion step: a built-in transform, or a value map (forwards or backwards).
 #[derive(Debug)]
 enum StepPlan {
-    Trim,
-    Upper,
-    Lower,
-    EmptyToNull,
-    Truncate(usize),
-    MaxLength(usize),
-    CountryCode,
-    CountryName,
-    CountryAlpha3,
-    CurrencyCode,
-    Date,
-    Datetime,
-    Number,
-    Integer,
-    Round(u32),
-    String,
-    Boolean,
-    First,
-    Join(String),
-    StripMarks,
+    Builtin(Transform),
     Map(Arc<ValueMapPlan>, bool),
 }
 
 impl StepPlan {
     fn apply(&self, v: Value) -> Result<Value, String> {
         use super::transforms as t;
-        let r = match self {
-            StepPlan::Trim => t::trim(v),
-            StepPlan::Upper => t::upper(v),
-            StepPlan::Lower => t::lower(v),
-            StepPlan::EmptyToNull => t::empty_to_null(v),
-            StepPlan::Truncate(n) => t::truncate(v, *n),
-            StepPlan::MaxLength(n) => t::max_length(v, *n),
-            StepPlan::CountryCode => t::country_code(v),
-            StepPlan::CountryName => t::country_name(v),
-            StepPlan::CountryAlpha3 => t::country_alpha3(v),
-            StepPlan::CurrencyCode => t::currency_code(v),
-            StepPlan::Date => t::date(v),
-            StepPlan::Datetime => t::datetime(v),
-            StepPlan::Number => t::number(v),
-            StepPlan::Integer => t::integer(v),
-            StepPlan::Round(d) => t::round(v, *d),
-            StepPlan::String => t::string(v),
-            StepPlan::Boolean => t::boolean(v),
-            StepPlan::First => t::first(v),
-            StepPlan::Join(sep) => t::join(v, sep),
-            StepPlan::StripMarks => t::strip_marks(v),
+        let builtin = match self {
             StepPlan::Map(m, reverse) => return m.apply(v, *reverse),
+            StepPlan::Builtin(b) => b,
+        };
+        let r = match builtin {
+            Transform::Trim => t::trim(v),
+            Transform::Upper => t::upper(v),
+            Transform::Lower => t::lower(v),
+            Transform::EmptyToNull => t::empty_to_null(v),
+            Transform::Truncate(n) => t::truncate(v, *n),
+            Transform::MaxLength(n) => t::max_length(v, *n),
+            Transform::CountryCode => t::country_code(v),
+            Transform::CountryName => t::country_name(v),
+            Transform::CountryAlpha3 => t::country_alpha3(v),
+            Transform::CurrencyCode => t::currency_code(v),
+            Transform::Date => t::date(v),
+            Transform::Datetime => t::datetime(v),
+            Transform::Number => t::number(v),
+            Transform::Integer => t::integer(v),
+            Transform::Round(d) => t::round(v, *d),
+            Transform::String => t::string(v),
+            Transform::Boolean => t::boolean(v),
+            Transform::First => t::first(v),
+            Transform::Join(sep) => t::join(v, sep),
+            Transform::StripMarks => t::strip_marks(v),
+            // Resolved to `StepPlan::Map` at compile time.
+            Transform::Map(_) => Ok(v),
         };
         r.map_err(|e| e.message)
     }
@@ -1194,15 +1181,13 @@ impl Compiler<'_> {
                         "unknown-referral-field",
                         pointer,
                         format!(
-                            "`{var}{}{}` is not a Partner Center referral field",
-                            if parent.is_empty() { "" } else { "." },
+                            "`{var}.{}` is not a Partner Center referral field",
                             if parent.is_empty() {
                                 bad.to_string()
                             } else {
                                 format!("{parent}.{bad}")
                             }
-                        )
-                        .replace(&format!("{var}."), &format!("{var}.")),
+                        ),
                     )
                     .hint(
                         suggest(bad, members.iter().copied())
@@ -1234,14 +1219,33 @@ impl Compiler<'_> {
         }
     }
 
+    /// The static checks every compiled template and expression gets: variables in scope,
+    /// settings that exist, Partner Center fields that exist.
+    fn check_source(
+        &mut self,
+        name_of: &str,
+        source: &str,
+        scope: &Scope,
+        pointer: &str,
+        what: &str,
+    ) {
+        self.check_vars(name_of, scope, pointer, what);
+        self.check_settings_refs(source, pointer, false);
+        if scope.source.is_partner_center() {
+            self.check_referral_refs(source, scope.source.as_str(), pointer);
+        }
+    }
+
     fn template(&mut self, source: &str, scope: &Scope, pointer: &str) -> Option<Template> {
         match self.engine.template(source) {
             Ok(t) => {
-                self.check_vars(Engine::name_of_template(&t), scope, pointer, "template");
-                self.check_settings_refs(source, pointer, false);
-                if scope.source.is_partner_center() {
-                    self.check_referral_refs(source, scope.source.as_str(), pointer);
-                }
+                self.check_source(
+                    Engine::name_of_template(&t),
+                    source,
+                    scope,
+                    pointer,
+                    "template",
+                );
                 Some(t)
             }
             Err(e) => {
@@ -1261,11 +1265,13 @@ impl Compiler<'_> {
     fn expression(&mut self, source: &str, scope: &Scope, pointer: &str) -> Option<Expression> {
         match self.engine.expression(source) {
             Ok(e) => {
-                self.check_vars(Engine::name_of_expression(&e), scope, pointer, "expression");
-                self.check_settings_refs(source, pointer, false);
-                if scope.source.is_partner_center() {
-                    self.check_referral_refs(source, scope.source.as_str(), pointer);
-                }
+                self.check_source(
+                    Engine::name_of_expression(&e),
+                    source,
+                    scope,
+                    pointer,
+                    "expression",
+                );
                 Some(e)
             }
             Err(e) => {
@@ -1831,29 +1837,10 @@ impl Compiler<'_> {
             }
             current_type = None;
             steps.push(match t {
-                Transform::Trim => StepPlan::Trim,
-                Transform::Upper => StepPlan::Upper,
-                Transform::Lower => StepPlan::Lower,
-                Transform::EmptyToNull => StepPlan::EmptyToNull,
-                Transform::Truncate(n) => StepPlan::Truncate(*n),
-                Transform::MaxLength(n) => StepPlan::MaxLength(*n),
-                Transform::CountryCode => StepPlan::CountryCode,
-                Transform::CountryName => StepPlan::CountryName,
-                Transform::CountryAlpha3 => StepPlan::CountryAlpha3,
-                Transform::CurrencyCode => StepPlan::CurrencyCode,
-                Transform::Date => StepPlan::Date,
-                Transform::Datetime => StepPlan::Datetime,
-                Transform::Number => StepPlan::Number,
-                Transform::Integer => StepPlan::Integer,
-                Transform::Round(d) => StepPlan::Round(*d),
-                Transform::String => StepPlan::String,
-                Transform::Boolean => StepPlan::Boolean,
-                Transform::First => StepPlan::First,
-                Transform::Join(s) => StepPlan::Join(s.clone()),
-                Transform::StripMarks => StepPlan::StripMarks,
                 Transform::Map(m) => {
                     StepPlan::Map(self.value_map_ref(m, &format!("{step_ptr}/map"))?, false)
                 }
+                other => StepPlan::Builtin(other.clone()),
             });
         }
         if let Some(m) = &spec.map {
