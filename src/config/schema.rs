@@ -319,9 +319,7 @@ fn translate(
             );
         }
         ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
-            translate_alternatives(
-                error, context, instance, &pointer, document, schema, spans, out,
-            );
+            translate_alternatives(context, instance, &pointer, document, schema, spans, out);
         }
         _ => {
             out.push(Diagnostic::error("schema", format!("{} in {place}", error)).at(at));
@@ -352,7 +350,6 @@ fn type_word(t: &str) -> String {
 /// the ones whose type matched. If none did, list what was expected.
 #[allow(clippy::too_many_arguments)]
 fn translate_alternatives(
-    error: &ValidationError<'_>,
     context: &[Vec<ValidationError<'static>>],
     instance: &Value,
     pointer: &str,
@@ -423,7 +420,6 @@ fn translate_alternatives(
             }
         }
     }
-    let _ = error;
     out.push(
         Diagnostic::error(
             "wrong-type",

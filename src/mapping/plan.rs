@@ -541,7 +541,6 @@ impl Plan {
         match &flow.for_each {
             None => {
                 let record = self.map_record(
-                    flow,
                     &flow.fields,
                     &vars,
                     input.record,
@@ -558,7 +557,6 @@ impl Plan {
                     item_vars.entries.push(("item", VarValue::Borrowed(item)));
                     let mut violations = Vec::new();
                     let record = self.map_record(
-                        flow,
                         &flow.fields,
                         &item_vars,
                         item,
@@ -670,7 +668,7 @@ impl Plan {
                 ("result", VarValue::Borrowed(result)),
             ],
         };
-        self.write_back(flow, &flow.on_success, &vars, record)
+        self.write_back(&flow.on_success, &vars, record)
     }
 
     /// Fields written back to the source record when the sync failed.
@@ -696,25 +694,17 @@ impl Plan {
                 ("violations", VarValue::Borrowed(&messages)),
             ],
         };
-        self.write_back(flow, &flow.on_failure, &vars, record)
+        self.write_back(&flow.on_failure, &vars, record)
     }
 
     fn write_back(
         &self,
-        flow: &FlowPlan,
         fields: &[FieldPlan],
         vars: &Vars<'_>,
         record: &Value,
     ) -> Result<Map<String, Value>, Vec<Violation>> {
         let mut violations = Vec::new();
-        let out = self.map_record(
-            flow,
-            fields,
-            vars,
-            record,
-            Operation::Update,
-            &mut violations,
-        );
+        let out = self.map_record(fields, vars, record, Operation::Update, &mut violations);
         if violations.is_empty() {
             Ok(out.fields)
         } else {
@@ -750,7 +740,6 @@ impl Plan {
 
     fn map_record(
         &self,
-        flow: &FlowPlan,
         fields: &[FieldPlan],
         vars: &Vars<'_>,
         dollar: &Value,
@@ -771,7 +760,7 @@ impl Plan {
             insert(&mut record.fields, field, value);
         }
         if !used_lookups.is_empty() {
-            record.lookups = self.lookup_requests(flow, &used_lookups, vars, dollar, violations);
+            record.lookups = self.lookup_requests(&used_lookups, vars, dollar, violations);
         }
         record
     }
@@ -908,7 +897,6 @@ impl Plan {
 
     fn lookup_requests(
         &self,
-        flow: &FlowPlan,
         used: &[&str],
         vars: &Vars<'_>,
         dollar: &Value,
@@ -930,7 +918,6 @@ impl Plan {
         for name in used {
             visit(self, name, &mut order, 0);
         }
-        let _ = flow;
         let mut requests = Vec::new();
         for name in order {
             let Some(l) = self.lookups.get(name) else {
@@ -1928,7 +1915,7 @@ impl Compiler<'_> {
         Some(FieldPlan {
             target: target_name.to_string(),
             nested,
-            source: fold_constant(self, source, scope),
+            source: fold_constant(self, source),
             default: spec.default.clone(),
             steps,
             value_type: spec.value_type,
@@ -2415,7 +2402,7 @@ impl Compiler<'_> {
 }
 
 /// Folds templates and expressions that read only settings into constants.
-fn fold_constant(c: &mut Compiler<'_>, source: ValueSource, _scope: &Scope) -> ValueSource {
+fn fold_constant(c: &mut Compiler<'_>, source: ValueSource) -> ValueSource {
     let only_settings = |c: &Compiler<'_>, name: &str| {
         let vars = c.engine.variables_of(name);
         vars.iter().all(|v| v == "settings")
