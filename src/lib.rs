@@ -55,4 +55,5 @@ pub mod cli;
 pub mod config;
 pub mod load;
 pub mod mapping;
+pub mod sandbox;
 pub mod testing;

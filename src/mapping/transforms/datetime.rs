@@ -114,6 +114,25 @@ impl DateTime {
         (0..=9999).contains(&utc.year).then_some(dt)
     }
 
+    /// The UTC date-time `seconds` (plus `nanos`) after 1970-01-01T00:00:00Z.
+    ///
+    /// Used by the sandbox to stamp records from the system clock, so it
+    /// produces the same wire format as parsed Partner Center values.
+    pub fn from_unix(seconds: i64, nanos: u32) -> DateTime {
+        let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
+        let second_of_day = seconds.rem_euclid(86_400);
+        DateTime {
+            year,
+            month,
+            day,
+            hour: u8::try_from(second_of_day / 3_600).unwrap_or(0),
+            minute: u8::try_from(second_of_day % 3_600 / 60).unwrap_or(0),
+            second: u8::try_from(second_of_day % 60).unwrap_or(0),
+            nanos: nanos.min(999_999_999),
+            offset_minutes: 0,
+        }
+    }
+
     /// The same instant expressed in UTC (offset 0), carrying across day,
     /// month and year boundaries: `2019-12-31T23:30:00-01:00` →
     /// `2020-01-01T00:30:00Z`.

@@ -1,0 +1,1 @@
+//! Placeholder replaced by the OData `$filter` / `$orderby` parser.
