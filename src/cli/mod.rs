@@ -17,6 +17,7 @@ use crate::load::{self, Checked};
 use crate::testing;
 
 mod map;
+mod sandbox;
 
 /// cosell — Partner Center co-sell referrals in two-way sync with your CRM, driven by YAML.
 #[derive(Debug, Parser)]
@@ -58,6 +59,8 @@ enum Command {
     Map(map::MapArgs),
     /// Print the JSON Schema of mapping files.
     Schema,
+    /// Run local emulators of Partner Center, Dataverse and Salesforce (see --help).
+    Sandbox(sandbox::SandboxArgs),
 }
 
 /// `--set name=value` overrides.
@@ -114,6 +117,7 @@ pub fn main() -> ExitCode {
             settings,
         } => test(&files, filter.as_deref(), format, &settings),
         Command::Map(args) => map::run(&args),
+        Command::Sandbox(args) => sandbox::run(&args),
         Command::Schema => {
             let _ = std::io::stdout().write_all(schema::schema_text().as_bytes());
             ExitCode::SUCCESS
