@@ -622,7 +622,7 @@ async fn not_found(request: Request) -> Response {
     let path = request.uri().path();
     let api = Api::classify(path).unwrap_or(Api::Control);
     let message = format!("No route for {} {path}", request.method());
-    match api {
+    let mut response = match api {
         Api::Salesforce => api.error(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
@@ -632,7 +632,11 @@ async fn not_found(request: Request) -> Response {
             api.error(StatusCode::NOT_FOUND, "itemNotFound", &message)
         }
         _ => api.error(StatusCode::NOT_FOUND, "NotFound", &message),
-    }
+    };
+    response
+        .extensions_mut()
+        .insert(Endpoint("(no such route)".to_owned()));
+    response
 }
 
 /// Copies the route template into the response, where [`gate`] can read it for stats.
@@ -654,6 +658,11 @@ async fn remember_matched_path(request: Request, next: Next) -> Response {
 async fn gate(State(sandbox): State<Arc<Sandbox>>, request: Request, next: Next) -> Response {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
+    // Partner Center echoes the caller's correlation headers.
+    let echoed: Vec<(&'static str, HeaderValue)> = ["client-request-id", "ms-correlationid"]
+        .into_iter()
+        .filter_map(|name| Some((name, request.headers().get(name)?.clone())))
+        .collect();
     let Some(api) = Api::classify(&path).filter(|api| *api != Api::Control) else {
         // Control API and unknown paths: neither counted nor faulted.
         return next.run(request).await;
@@ -692,11 +701,15 @@ async fn gate(State(sandbox): State<Arc<Sandbox>>, request: Request, next: Next)
             response.headers_mut().insert("request-id", value.clone());
             response.headers_mut().insert("ms-requestid", value);
         }
+        for (name, value) in echoed {
+            response.headers_mut().insert(name, value);
+        }
     }
     let endpoint = response
         .extensions()
         .get::<Endpoint>()
-        .map_or_else(|| "(unmatched)".to_owned(), |e| e.0.clone());
+        // Calls refused before routing (token, quota, injected fault) have no template.
+        .map_or_else(|| "(refused before routing)".to_owned(), |e| e.0.clone());
     let status = if response.extensions().get::<ResetConnection>().is_some() {
         None
     } else {
