@@ -125,7 +125,8 @@ pub struct State {
 
 #[derive(Debug, Default)]
 struct Inner {
-    referrals: HashMap<String, Map<String, Value>>,
+    /// Each value is a JSON object; kept as `Value` so `$filter` evaluates it in place.
+    referrals: HashMap<String, Value>,
     etag_counter: u64,
     /// `(expirationDateTime, id)` of referrals still `New`, soonest first.
     expiries: BTreeSet<(String, String)>,
@@ -145,7 +146,7 @@ impl Inner {
     fn insert(&mut self, referral: Map<String, Value>) {
         let id = text(&referral, "id").to_owned();
         self.track_expiry(&referral);
-        self.referrals.insert(id, referral);
+        self.referrals.insert(id, Value::Object(referral));
     }
 
     fn track_expiry(&mut self, referral: &Map<String, Value>) {
@@ -171,7 +172,10 @@ impl Inner {
         for key in due {
             self.expiries.remove(&key);
             let etag = self.next_etag(sandbox);
-            if let Some(referral) = self.referrals.get_mut(&key.1)
+            if let Some(referral) = self
+                .referrals
+                .get_mut(&key.1)
+                .and_then(Value::as_object_mut)
                 && text(referral, "status") == "New"
             {
                 referral.insert("status".into(), json!("Closed"));
@@ -199,7 +203,11 @@ impl State {
     /// Referrals as JSON for `--data`.
     pub fn snapshot(&self) -> Value {
         let inner = lock(&self.inner);
-        let mut referrals: Vec<&Map<String, Value>> = inner.referrals.values().collect();
+        let mut referrals: Vec<&Map<String, Value>> = inner
+            .referrals
+            .values()
+            .filter_map(Value::as_object)
+            .collect();
         referrals.sort_by(|a, b| {
             text(a, "createdDateTime")
                 .cmp(text(b, "createdDateTime"))
@@ -249,6 +257,7 @@ impl State {
         lock(&self.inner)
             .referrals
             .get(id)
+            .and_then(Value::as_object)
             .map(|r| present(sandbox, r))
     }
 
@@ -752,7 +761,7 @@ fn with_etag(mut response: Response, etag: &str) -> Response {
 async fn get_one(AxumState(sandbox): AxumState<Arc<Sandbox>>, Path(id): Path<String>) -> Response {
     sweep(&sandbox);
     let inner = lock(&sandbox.partner_center.inner);
-    match inner.referrals.get(&id) {
+    match inner.referrals.get(&id).and_then(Value::as_object) {
         Some(referral) => with_etag(
             json_response(StatusCode::OK, &present(&sandbox, referral)),
             text(referral, "eTag"),
@@ -889,13 +898,15 @@ async fn list(AxumState(sandbox): AxumState<Arc<Sandbox>>, RawQuery(raw): RawQue
     let mut matching: Vec<(Vec<String>, &Map<String, Value>)> = inner
         .referrals
         .values()
-        .filter(|r| related_wanted || text(r, "organizationId") == PARTNER_ORGANIZATION_ID)
-        .filter(|r| {
+        .filter_map(|value| Some((value, value.as_object()?)))
+        .filter(|(_, r)| related_wanted || text(r, "organizationId") == PARTNER_ORGANIZATION_ID)
+        .filter(|(value, _)| {
             query
                 .filter
                 .as_ref()
-                .is_none_or(|(_, filter)| filter.matches(&Value::Object((*r).clone()), &options))
+                .is_none_or(|(_, filter)| filter.matches(value, &options))
         })
+        .map(|(_, r)| r)
         .map(|r| (sort_key(r, &order), r))
         .filter(|(key, _)| {
             query
@@ -1236,7 +1247,7 @@ async fn patch(
     };
     let updated = {
         let mut inner = lock(&sandbox.partner_center.inner);
-        let Some(before) = inner.referrals.get(&id).cloned() else {
+        let Some(before) = inner.referrals.get(&id).and_then(Value::as_object).cloned() else {
             return not_found(&id);
         };
         if text(&before, "organizationId") != PARTNER_ORGANIZATION_ID {
@@ -1306,7 +1317,7 @@ async fn replace(
     }
     let updated = {
         let mut inner = lock(&sandbox.partner_center.inner);
-        let Some(before) = inner.referrals.get(&id).cloned() else {
+        let Some(before) = inner.referrals.get(&id).and_then(Value::as_object).cloned() else {
             return not_found(&id);
         };
         if !if_match(&headers, text(&before, "eTag")) {
@@ -1403,7 +1414,7 @@ async fn microsoft_change(
     };
     let (event, target_id, result) = {
         let mut inner = lock(&sandbox.partner_center.inner);
-        let Some(referral) = inner.referrals.get(&id).cloned() else {
+        let Some(referral) = inner.referrals.get(&id).and_then(Value::as_object).cloned() else {
             return not_found(&id);
         };
         let (event, before) = if text(&referral, "direction") == "Outgoing" {
@@ -1411,6 +1422,7 @@ async fn microsoft_change(
             let existing = inner
                 .referrals
                 .values()
+                .filter_map(Value::as_object)
                 .find(|r| {
                     text(r, "engagementId") == engagement
                         && text(r, "organizationId") == MICROSOFT_ORGANIZATION_ID
