@@ -132,7 +132,12 @@ impl Pki {
     /// RSASSA-PKCS1-v1_5 with SHA-256 over `body`, with the webhook signing key: what goes,
     /// base64-encoded, after `Signature ` in the delivery's `Authorization` header.
     pub fn sign_rsa_sha256(&self, body: &[u8]) -> Vec<u8> {
-        sign(&self.inner.signing_key, body).unwrap_or_default()
+        // Signing with a key that loaded cannot fail short of a library bug; an empty
+        // signature then fails verification at the receiver, which is the honest outcome.
+        sign(&self.inner.signing_key, body).unwrap_or_else(|error| {
+            tracing::error!("webhook signing failed: {error:#}");
+            Vec::new()
+        })
     }
 }
 

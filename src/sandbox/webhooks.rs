@@ -519,6 +519,10 @@ impl Webhooks {
         let now = sandbox.now_partner_center();
         let success = outcome.status.is_some_and(|s| (200..300).contains(&s));
         let mut inner = lock(&self.inner);
+        // Gone means a reset happened during the attempt: nothing to record.
+        let Some(index) = inner.queue.iter().position(|e| e.id == id) else {
+            return Next::Done;
+        };
         inner.recent.push_back(Attempt {
             event_id: id.to_owned(),
             event_name: prepared.event_name.clone(),
@@ -532,9 +536,6 @@ impl Webhooks {
         while inner.recent.len() > RECENT_LIMIT {
             inner.recent.pop_front();
         }
-        let Some(index) = inner.queue.iter().position(|e| e.id == id) else {
-            return Next::Done;
-        };
         let correlation_id = inner.queue[index].correlation_id.clone();
         if let Some(cid) = &correlation_id
             && let Some(validation) = inner.validations.get_mut(cid)
