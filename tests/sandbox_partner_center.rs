@@ -757,3 +757,120 @@ async fn data_directory_keeps_referrals_across_restarts() {
     assert_eq!(fetched["eTag"], created["eTag"]);
     assert_eq!(fetched["name"], "Kept");
 }
+
+/// A webhook receiver that keeps every body it gets.
+async fn receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = std::sync::Arc::clone(&bodies);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let store = std::sync::Arc::clone(&store);
+            async move {
+                store
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_slice::<Value>(&body).unwrap());
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, bodies)
+}
+
+async fn wait_for(bodies: &std::sync::Mutex<Vec<Value>>, count: usize) -> Vec<Value> {
+    for _ in 0..200 {
+        let seen = bodies.lock().unwrap().clone();
+        if seen.len() >= count {
+            return seen;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    bodies.lock().unwrap().clone()
+}
+
+#[tokio::test]
+async fn referral_changes_fire_the_registered_webhook_events() {
+    let handle = start().await;
+    let pc = Pc::new(&handle).await;
+    let (url, bodies) = receiver().await;
+    let webhooks_token = token(&pc.base, "https://api.partnercenter.microsoft.com/.default").await;
+    let response = pc
+        .http
+        .post(pc.url("/webhooks/v1/registration"))
+        .bearer_auth(&webhooks_token)
+        .json(&json!({
+            "WebhookUrl": url,
+            "WebhookEvents": ["referral-created", "referral-updated", "related-referral-created", "related-referral-updated"],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let mut incoming = outbound("Shared by Microsoft");
+    incoming.as_object_mut().unwrap().remove("status");
+    incoming.as_object_mut().unwrap().remove("substatus");
+    let (_, shared) = pc
+        .control("/_sandbox/partner-center/referrals/incoming", &incoming)
+        .await;
+    let shared_id = shared["id"].as_str().unwrap().to_owned();
+    let (status, _, _) = pc
+        .patch(
+            &shared_id,
+            &json!([{"op":"replace","path":"/status","value":"Active"},{"op":"replace","path":"/substatus","value":"Accepted"}]),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, ours) = pc.create(&outbound("Our co-sell")).await;
+    let ours_id = ours["id"].as_str().unwrap().to_owned();
+    let (_, related) = pc
+        .control(
+            &format!("/_sandbox/partner-center/referrals/{ours_id}/microsoft"),
+            &json!({"status": "Active", "substatus": "Accepted", "microsoftMsxId": "7-XYZ"}),
+        )
+        .await;
+    let related_id = related["id"].as_str().unwrap().to_owned();
+
+    let events = wait_for(&bodies, 4).await;
+    let summary: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            let uri = e["ResourceUri"].as_str().unwrap();
+            (
+                e["EventName"].as_str().unwrap().to_owned(),
+                uri.rsplit('/').next().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("referral-created".to_owned(), shared_id.clone()),
+        ("referral-updated".to_owned(), shared_id.clone()),
+        ("referral-created".to_owned(), ours_id.clone()),
+        ("related-referral-created".to_owned(), related_id.clone()),
+    ] {
+        assert!(
+            summary.contains(&expected),
+            "{expected:?} not in {summary:?}"
+        );
+    }
+    assert!(events.iter().all(|e| e["ResourceName"] == "referral"));
+
+    // The ResourceUri can be fetched verbatim.
+    let uri = events
+        .iter()
+        .find(|e| e["EventName"] == "related-referral-created")
+        .unwrap()["ResourceUri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, fetched) = pc.get_url(&uri).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fetched["trackingInfo"]["microsoftMsxId"], "7-XYZ");
+}
