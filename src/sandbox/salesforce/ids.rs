@@ -52,7 +52,9 @@ pub fn normalize(text: &str) -> Option<String> {
             let (body, suffix) = text.split_at(15);
             let mut restored = String::with_capacity(15);
             for (chunk, flag) in body.as_bytes().chunks(5).zip(suffix.bytes()) {
-                let bits = SUFFIX.iter().position(|&c| c == flag.to_ascii_uppercase())?;
+                let bits = SUFFIX
+                    .iter()
+                    .position(|&c| c == flag.to_ascii_uppercase())?;
                 for (i, &b) in chunk.iter().enumerate() {
                     let c = if bits & (1 << i) != 0 {
                         b.to_ascii_uppercase()
@@ -92,7 +94,10 @@ mod tests {
     fn eighteen_character_ids_are_case_insensitive() {
         let id = generate("006", 123_456_789);
         assert_eq!(id.len(), 18);
-        assert_eq!(normalize(&id.to_ascii_lowercase()).as_deref(), Some(id.as_str()));
+        assert_eq!(
+            normalize(&id.to_ascii_lowercase()).as_deref(),
+            Some(id.as_str())
+        );
         assert_eq!(normalize(&id[..15]).as_deref(), Some(id.as_str()));
         assert_eq!(number(&id), Some(123_456_789));
         assert_eq!(normalize("006-bad"), None);

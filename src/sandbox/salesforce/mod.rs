@@ -136,7 +136,13 @@ impl State {
             "Proposal/Price Quote",
             "Negotiation/Review",
         ];
-        const PRODUCTS: &[&str] = &["Azure migration", "Dynamics 365 rollout", "Security assessment", "Data platform", "Copilot adoption"];
+        const PRODUCTS: &[&str] = &[
+            "Azure migration",
+            "Dynamics 365 rollout",
+            "Security assessment",
+            "Data platform",
+            "Copilot adoption",
+        ];
         const SOLUTIONS: &[(&str, &str)] = &[
             ("SOL-34104-EBB", "Contoso Cloud Migration"),
             ("SOL-1234-PQRS", "Fabrikam Security Suite"),
@@ -167,15 +173,32 @@ impl State {
             }
             // Created some time in the last year, so date filters have something to find.
             let age = i64::try_from(rng.below(365 * 86_400)).unwrap_or(0);
-            let created = write::format_datetime(&crate::mapping::transforms::datetime::DateTime::from_unix(
-                now.unix_seconds() - age,
-                0,
-            ));
+            let created =
+                write::format_datetime(&crate::mapping::transforms::datetime::DateTime::from_unix(
+                    now.unix_seconds() - age,
+                    0,
+                ));
             let mut save = |object: usize, body: Vec<(&str, Value)>| -> Option<String> {
                 let body = Body(body.into_iter().map(|(k, v)| (k.to_owned(), v)).collect());
-                let row = write::save(schema, store, object, &body, "", Target::Create, &created, &mut Vec::new()).ok()?;
+                let row = write::save(
+                    schema,
+                    store,
+                    object,
+                    write::Input {
+                        body: &body,
+                        raw: "",
+                    },
+                    Target::Create,
+                    &created,
+                    &mut Vec::new(),
+                )
+                .ok()?;
                 let obj = &schema.objects[object];
-                Some(store.tables[object].records[row as usize].id(obj).to_owned())
+                Some(
+                    store.tables[object].records[row as usize]
+                        .id(obj)
+                        .to_owned(),
+                )
             };
             let Some(account_id) = save(
                 account,
@@ -186,7 +209,10 @@ impl State {
                     ("BillingState", json!(company.state)),
                     ("BillingPostalCode", json!(company.postal_code)),
                     ("BillingCountryCode", json!(company.country_code)),
-                    ("Phone", json!(format!("+1 425 555 {:04}", rng.below(10_000)))),
+                    (
+                        "Phone",
+                        json!(format!("+1 425 555 {:04}", rng.below(10_000))),
+                    ),
                     ("Type", json!("Customer - Direct")),
                 ],
             ) else {
@@ -207,7 +233,11 @@ impl State {
                 ],
             );
             let close_in_days = 30 + i64::try_from(rng.below(300)).unwrap_or(0);
-            let close = crate::mapping::transforms::datetime::DateTime::from_unix(now.unix_seconds() + close_in_days * 86_400, 0).date_string();
+            let close = crate::mapping::transforms::datetime::DateTime::from_unix(
+                now.unix_seconds() + close_in_days * 86_400,
+                0,
+            )
+            .date_string();
             let product = *rng.pick(PRODUCTS);
             let opportunity_id = save(
                 opportunity,
@@ -264,7 +294,10 @@ struct Call<'a> {
 
 impl Call<'_> {
     fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     fn state(&self) -> &State {
@@ -285,11 +318,19 @@ fn sf_errors(status: StatusCode, error: &SfError) -> Response {
 }
 
 fn not_found() -> Response {
-    sf_error(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist")
+    sf_error(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "The requested resource does not exist",
+    )
 }
 
 fn deleted() -> Response {
-    sf_error(StatusCode::NOT_FOUND, "ENTITY_IS_DELETED", "entity is deleted")
+    sf_error(
+        StatusCode::NOT_FOUND,
+        "ENTITY_IS_DELETED",
+        "entity is deleted",
+    )
 }
 
 fn method_not_allowed(method: &Method, allowed: &str) -> Response {
@@ -337,7 +378,11 @@ async fn dispatch(
 ) -> Response {
     let path = uri.path();
     let rest = path.strip_prefix("/services/data").unwrap_or("");
-    let segments: Vec<String> = rest.split('/').filter(|s| !s.is_empty()).map(decode_segment).collect();
+    let segments: Vec<String> = rest
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(decode_segment)
+        .collect();
     let params: Vec<(String, String)> = uri
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
@@ -356,7 +401,9 @@ async fn dispatch(
     };
     // `?_HttpMethod=PATCH` lets clients without PATCH tunnel it through POST.
     let method = match params.iter().find(|(k, _)| k == "_HttpMethod") {
-        Some((_, m)) if method == Method::POST => Method::from_bytes(m.to_ascii_uppercase().as_bytes()).unwrap_or(method),
+        Some((_, m)) if method == Method::POST => {
+            Method::from_bytes(m.to_ascii_uppercase().as_bytes()).unwrap_or(method)
+        }
         _ => method,
     };
     let call = Call {
@@ -377,7 +424,9 @@ fn parse_version(segment: &str) -> Option<u32> {
     let number = segment.strip_prefix('v')?;
     let major = number.strip_suffix(".0")?;
     let major: u32 = major.parse().ok()?;
-    (MIN_VERSION..=MAX_VERSION).contains(&major).then_some(major)
+    (MIN_VERSION..=MAX_VERSION)
+        .contains(&major)
+        .then_some(major)
 }
 
 /// `[{"label":"Winter '24","url":"/services/data/v59.0","version":"59.0"}, …]`.
@@ -416,7 +465,10 @@ fn route(call: &Call<'_>, tail: &[&str]) -> (Response, String) {
                 "limits": format!("/services/data/v{v}/limits"),
                 "composite": format!("/services/data/v{v}/composite"),
             });
-            (get_only(json_response(StatusCode::OK, &resources)), "/".into())
+            (
+                get_only(json_response(StatusCode::OK, &resources)),
+                "/".into(),
+            )
         }
         ["limits"] => (get_only(limits(call)), "/limits".into()),
         ["sobjects"] => (get_only(describe_global(call)), "/sobjects/".into()),
@@ -424,7 +476,10 @@ fn route(call: &Call<'_>, tail: &[&str]) -> (Response, String) {
             let all = *resource == "queryAll";
             (get_only(query(call, all)), format!("/{resource}"))
         }
-        [resource @ ("query" | "queryAll"), locator] => (get_only(query_more(call, locator)), format!("/{resource}/{{locator}}")),
+        [resource @ ("query" | "queryAll"), locator] => (
+            get_only(query_more(call, locator)),
+            format!("/{resource}/{{locator}}"),
+        ),
         ["composite", "sobjects"] => (collections(call), "/composite/sobjects".into()),
         ["sobjects", type_name, rest @ ..] => {
             let Some(object) = call.state().schema.object(type_name) else {
@@ -435,16 +490,30 @@ fn route(call: &Call<'_>, tail: &[&str]) -> (Response, String) {
                 [] => (
                     match call.method {
                         Method::POST => create(call, object),
-                        Method::GET | Method::HEAD => json_response(StatusCode::OK, &sobject_info(call, object)),
+                        Method::GET | Method::HEAD => {
+                            json_response(StatusCode::OK, &sobject_info(call, object))
+                        }
                         _ => method_not_allowed(&call.method, "GET,HEAD,POST"),
                     },
                     format!("/sobjects/{name}"),
                 ),
-                ["describe"] => (get_only(json_response(StatusCode::OK, &describe(call, object))), format!("/sobjects/{name}/describe")),
-                ["updated"] => (get_only(updated(call, object)), format!("/sobjects/{name}/updated")),
-                ["deleted"] => (get_only(deleted_list(call, object)), format!("/sobjects/{name}/deleted")),
+                ["describe"] => (
+                    get_only(json_response(StatusCode::OK, &describe(call, object))),
+                    format!("/sobjects/{name}/describe"),
+                ),
+                ["updated"] => (
+                    get_only(updated(call, object)),
+                    format!("/sobjects/{name}/updated"),
+                ),
+                ["deleted"] => (
+                    get_only(deleted_list(call, object)),
+                    format!("/sobjects/{name}/deleted"),
+                ),
                 [id] => (record(call, object, id), format!("/sobjects/{name}/{{id}}")),
-                [field, value] => (by_external_id(call, object, field, value), format!("/sobjects/{name}/{{field}}/{{value}}")),
+                [field, value] => (
+                    by_external_id(call, object, field, value),
+                    format!("/sobjects/{name}/{{field}}/{{value}}"),
+                ),
                 _ => (not_found(), format!("/sobjects/{name}/(unknown)")),
             }
         }
@@ -470,7 +539,13 @@ fn find(store: &Store, schema: &Schema, object: usize, id: &str) -> Found {
         return Found::Missing;
     }
     match store.tables[object].row(&id) {
-        Some(row) if store.tables[object].records[row as usize].deleted_at.is_some() => Found::Deleted,
+        Some(row)
+            if store.tables[object].records[row as usize]
+                .deleted_at
+                .is_some() =>
+        {
+            Found::Deleted
+        }
         Some(row) => Found::Live(row),
         None => Found::Missing,
     }
@@ -485,9 +560,22 @@ fn create(call: &Call<'_>, object: usize) -> Response {
     };
     let now = call.sandbox.now_salesforce();
     let mut data = lock(&state.data);
-    match write::save(schema, &mut data.store, object, &body, &call.body_text(), Target::Create, &now, &mut Vec::new()) {
+    match write::save(
+        schema,
+        &mut data.store,
+        object,
+        write::Input {
+            body: &body,
+            raw: &call.body_text(),
+        },
+        Target::Create,
+        &now,
+        &mut Vec::new(),
+    ) {
         Ok(row) => {
-            let id = data.store.tables[object].records[row as usize].id(&schema.objects[object]).to_owned();
+            let id = data.store.tables[object].records[row as usize]
+                .id(&schema.objects[object])
+                .to_owned();
             drop(data);
             call.sandbox.changed();
             let mut response = ordered_response(
@@ -498,7 +586,10 @@ fn create(call: &Call<'_>, object: usize) -> Response {
                     ("errors".into(), Out::Json(json!([]))),
                 ]),
             );
-            if let Ok(location) = HeaderValue::from_str(&format!("/services/data/v{}/sobjects/{}/{id}", call.version, schema.objects[object].name)) {
+            if let Ok(location) = HeaderValue::from_str(&format!(
+                "/services/data/v{}/sobjects/{}/{id}",
+                call.version, schema.objects[object].name
+            )) {
                 response.headers_mut().insert(header::LOCATION, location);
             }
             response
@@ -508,7 +599,7 @@ fn create(call: &Call<'_>, object: usize) -> Response {
 }
 
 /// `?fields=A,B` → field indexes; `Err` for unknown names.
-fn selected_fields(call: &Call<'_>, object: usize) -> Result<Option<Vec<usize>>, Response> {
+fn selected_fields(call: &Call<'_>, object: usize) -> Result<Option<Vec<usize>>, SfError> {
     let Some(list) = call.param("fields") else {
         return Ok(None);
     };
@@ -522,10 +613,9 @@ fn selected_fields(call: &Call<'_>, object: usize) -> Result<Option<Vec<usize>>,
                 }
             }
             None => {
-                return Err(sf_error(
-                    StatusCode::BAD_REQUEST,
+                return Err(SfError::new(
                     "INVALID_FIELD",
-                    &format!("No such column '{name}' on sobject of type {}", obj.name),
+                    format!("No such column '{name}' on sobject of type {}", obj.name),
                 ));
             }
         }
@@ -536,20 +626,37 @@ fn selected_fields(call: &Call<'_>, object: usize) -> Result<Option<Vec<usize>>,
 fn get_record(call: &Call<'_>, object: usize, row: u32) -> Response {
     let fields = match selected_fields(call, object) {
         Ok(fields) => fields,
-        Err(response) => return response,
+        Err(error) => return sf_errors(StatusCode::BAD_REQUEST, &error),
     };
     let state = call.state();
     let data = lock(&state.data);
-    let record = soql::render_record(&state.schema, &data.store, object, row, fields.as_deref(), &call.version);
+    let record = soql::render_record(
+        &state.schema,
+        &data.store,
+        object,
+        row,
+        fields.as_deref(),
+        &call.version,
+    );
     ordered_response(StatusCode::OK, &record)
 }
 
-fn update(call: &Call<'_>, object: usize, row: u32, body: &Body) -> Result<(), Response> {
+fn update(call: &Call<'_>, object: usize, row: u32, body: &Body) -> Result<(), SfError> {
     let state = call.state();
     let now = call.sandbox.now_salesforce();
     let mut data = lock(&state.data);
-    write::save(&state.schema, &mut data.store, object, body, &call.body_text(), Target::Update(row), &now, &mut Vec::new())
-        .map_err(|e| sf_errors(StatusCode::BAD_REQUEST, &e))?;
+    write::save(
+        &state.schema,
+        &mut data.store,
+        object,
+        write::Input {
+            body,
+            raw: &call.body_text(),
+        },
+        Target::Update(row),
+        &now,
+        &mut Vec::new(),
+    )?;
     drop(data);
     call.sandbox.changed();
     Ok(())
@@ -593,7 +700,7 @@ fn record(call: &Call<'_>, object: usize, id: &str) -> Response {
             };
             match update(call, object, row, &body) {
                 Ok(()) => StatusCode::NO_CONTENT.into_response(),
-                Err(response) => response,
+                Err(error) => sf_errors(StatusCode::BAD_REQUEST, &error),
             }
         }
         (Found::Live(row), &Method::DELETE) => remove(call, object, row),
@@ -622,7 +729,9 @@ fn by_external_id(call: &Call<'_>, object: usize, field_name: &str, value: &str)
         sf_error(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
-            &format!("Provided external ID field does not exist or is not accessible: {field_name}"),
+            &format!(
+                "Provided external ID field does not exist or is not accessible: {field_name}"
+            ),
         )
     };
     // UNVERIFIED: a field that exists but is not an External ID gets the same 404 as an
@@ -709,28 +818,50 @@ fn upsert(call: &Call<'_>, object: usize, field: usize, value: &str, row: Option
         Some(row) => match update(call, object, row, &body) {
             Ok(()) if modern => {
                 let data = lock(&state.data);
-                let id = data.store.tables[object].records[row as usize].id(obj).to_owned();
+                let id = data.store.tables[object].records[row as usize]
+                    .id(obj)
+                    .to_owned();
                 ordered_response(StatusCode::OK, &save_result(&id, Some(false)))
             }
             Ok(()) => StatusCode::NO_CONTENT.into_response(),
-            Err(response) => response,
+            Err(error) => sf_errors(StatusCode::BAD_REQUEST, &error),
         },
         None => {
             if field == obj.id_field {
                 return not_found();
             }
-            if call.param("updateOnly").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            if call
+                .param("updateOnly")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            {
                 return not_found();
             }
-            body.0.push((field_name.clone(), Value::String(value.to_owned())));
+            body.0
+                .push((field_name.clone(), Value::String(value.to_owned())));
             let now = call.sandbox.now_salesforce();
             let mut data = lock(&state.data);
-            match write::save(schema, &mut data.store, object, &body, &call.body_text(), Target::Create, &now, &mut Vec::new()) {
+            match write::save(
+                schema,
+                &mut data.store,
+                object,
+                write::Input {
+                    body: &body,
+                    raw: &call.body_text(),
+                },
+                Target::Create,
+                &now,
+                &mut Vec::new(),
+            ) {
                 Ok(row) => {
-                    let id = data.store.tables[object].records[row as usize].id(obj).to_owned();
+                    let id = data.store.tables[object].records[row as usize]
+                        .id(obj)
+                        .to_owned();
                     drop(data);
                     call.sandbox.changed();
-                    ordered_response(StatusCode::CREATED, &save_result(&id, modern.then_some(true)))
+                    ordered_response(
+                        StatusCode::CREATED,
+                        &save_result(&id, modern.then_some(true)),
+                    )
                 }
                 Err(error) => sf_errors(StatusCode::BAD_REQUEST, &error),
             }
@@ -777,7 +908,15 @@ fn save_collection(call: &Call<'_>, creating: bool) -> Response {
     let mut undo: Vec<Undo> = Vec::new();
     let mut results: Vec<Result<String, SfError>> = Vec::new();
     for record in &request.records {
-        let result = save_one(schema, &mut data.store, record, &raw, creating, &now, &mut undo);
+        let result = save_one(
+            schema,
+            &mut data.store,
+            record,
+            &raw,
+            creating,
+            &now,
+            &mut undo,
+        );
         let failed = result.is_err();
         results.push(result);
         if failed && request.all_or_none {
@@ -821,9 +960,12 @@ fn save_one(
         .and_then(|a| a.get("type"))
         .and_then(Value::as_str)
         .ok_or_else(|| SfError::new("INVALID_TYPE", "Must send a concrete entity type."))?;
-    let object = schema
-        .object(type_name)
-        .ok_or_else(|| SfError::new("INVALID_TYPE", format!("sObject type '{type_name}' is not supported.")))?;
+    let object = schema.object(type_name).ok_or_else(|| {
+        SfError::new(
+            "INVALID_TYPE",
+            format!("sObject type '{type_name}' is not supported."),
+        )
+    })?;
     let obj = &schema.objects[object];
     let target = if creating {
         Target::Create
@@ -833,7 +975,11 @@ fn save_one(
             Found::Live(row) => Target::Update(row),
             Found::Deleted => return Err(SfError::new("ENTITY_IS_DELETED", "entity is deleted")),
             Found::Missing if id.is_empty() => {
-                return Err(SfError::on("MISSING_ARGUMENT", "Id not specified in an update call", vec![]));
+                return Err(SfError::on(
+                    "MISSING_ARGUMENT",
+                    "Id not specified in an update call",
+                    vec![],
+                ));
             }
             Found::Missing => {
                 return Err(SfError::new("MALFORMED_ID", format!("malformed id {id}")));
@@ -844,17 +990,35 @@ fn save_one(
     if !creating {
         body.0.retain(|(k, _)| !k.eq_ignore_ascii_case("id"));
     }
-    let row = write::save(schema, store, object, &body, raw, target, now, undo)?;
-    Ok(store.tables[object].records[row as usize].id(obj).to_owned())
+    let row = write::save(
+        schema,
+        store,
+        object,
+        write::Input { body: &body, raw },
+        target,
+        now,
+        undo,
+    )?;
+    Ok(store.tables[object].records[row as usize]
+        .id(obj)
+        .to_owned())
 }
 
 fn delete_collection(call: &Call<'_>) -> Response {
     let state = call.state();
     let schema = &state.schema;
     let Some(list) = call.param("ids") else {
-        return sf_error(StatusCode::BAD_REQUEST, "MISSING_ARGUMENT", "Missing parameter: ids");
+        return sf_error(
+            StatusCode::BAD_REQUEST,
+            "MISSING_ARGUMENT",
+            "Missing parameter: ids",
+        );
     };
-    let list: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let list: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     if list.len() > MAX_COLLECTION {
         return sf_error(
             StatusCode::BAD_REQUEST,
@@ -862,7 +1026,9 @@ fn delete_collection(call: &Call<'_>) -> Response {
             "record limit reached. cannot submit more than 200 records into this call",
         );
     }
-    let all_or_none = call.param("allOrNone").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let all_or_none = call
+        .param("allOrNone")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let now = call.sandbox.now_salesforce();
     let mut data = lock(&state.data);
     let targets: Vec<Result<(usize, u32, String), SfError>> = list
@@ -874,7 +1040,10 @@ fn delete_collection(call: &Call<'_>) -> Response {
             match find(&data.store, schema, object, id) {
                 Found::Live(row) => Ok((object, row, ids::normalize(id).unwrap_or_default())),
                 Found::Deleted => Err(SfError::new("ENTITY_IS_DELETED", "entity is deleted")),
-                Found::Missing => Err(SfError::new("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id")),
+                Found::Missing => Err(SfError::new(
+                    "INVALID_CROSS_REFERENCE_KEY",
+                    "invalid cross reference id",
+                )),
             }
         })
         .collect();
@@ -887,7 +1056,9 @@ fn delete_collection(call: &Call<'_>) -> Response {
     let out: Vec<Value> = targets
         .iter()
         .map(|target| match target {
-            Ok(_) if all_or_none && any_failed => json!({ "success": false, "errors": [rolled.collection_json()] }),
+            Ok(_) if all_or_none && any_failed => {
+                json!({ "success": false, "errors": [rolled.collection_json()] })
+            }
             Ok((object, row, id)) => {
                 write::delete(schema, &mut data.store, *object, *row, &now);
                 changed = true;
@@ -932,7 +1103,11 @@ fn query(call: &Call<'_>, all: bool) -> Response {
     let state = call.state();
     let schema = &state.schema;
     let Some(q) = call.param("q").filter(|q| !q.trim().is_empty()) else {
-        return sf_error(StatusCode::BAD_REQUEST, "MALFORMED_QUERY", "A query string has to be specified");
+        return sf_error(
+            StatusCode::BAD_REQUEST,
+            "MALFORMED_QUERY",
+            "A query string has to be specified",
+        );
     };
     let plan = match soql::plan(schema, q, call.sandbox.now_datetime()) {
         Ok(plan) => plan,
@@ -942,7 +1117,10 @@ fn query(call: &Call<'_>, all: bool) -> Response {
     let outcome = soql::run(schema, &data.store, &plan, all);
     let rows = match outcome {
         soql::Outcome::Count(n) => {
-            return json_response(StatusCode::OK, &json!({ "totalSize": n, "done": true, "records": [] }));
+            return json_response(
+                StatusCode::OK,
+                &json!({ "totalSize": n, "done": true, "records": [] }),
+            );
         }
         soql::Outcome::Aggregate(n) => {
             return json_response(
@@ -954,11 +1132,20 @@ fn query(call: &Call<'_>, all: bool) -> Response {
     };
     let batch = batch_size(&call.headers).unwrap_or(DEFAULT_BATCH);
     let resource = if all { "queryAll" } else { "query" };
-    let first = soql::render_rows(schema, &data.store, &plan, &rows[..rows.len().min(batch)], &call.version);
+    let first = soql::render_rows(
+        schema,
+        &data.store,
+        &plan,
+        &rows[..rows.len().min(batch)],
+        &call.version,
+    );
     let total = rows.len();
     let next = if total > batch {
         let locator = open_cursor(call.sandbox, &mut data.cursors, plan, rows, batch, resource);
-        Some(format!("/services/data/v{}/{resource}/{locator}-{batch}", call.version))
+        Some(format!(
+            "/services/data/v{}/{resource}/{locator}-{batch}",
+            call.version
+        ))
     } else {
         None
     };
@@ -973,7 +1160,14 @@ fn query(call: &Call<'_>, all: bool) -> Response {
     )
 }
 
-fn open_cursor(sandbox: &Sandbox, cursors: &mut Cursors, plan: soql::Plan, rows: Vec<u32>, batch: usize, resource: &'static str) -> String {
+fn open_cursor(
+    sandbox: &Sandbox,
+    cursors: &mut Cursors,
+    plan: soql::Plan,
+    rows: Vec<u32>,
+    batch: usize,
+    resource: &'static str,
+) -> String {
     let now = sandbox.now();
     expire_cursors(cursors, now);
     while cursors.open.len() >= MAX_CURSORS {
@@ -986,7 +1180,13 @@ fn open_cursor(sandbox: &Sandbox, cursors: &mut Cursors, plan: soql::Plan, rows:
     }
     let locator = {
         let mut rng = sandbox.rng();
-        format!("01g{}", rng.string_from(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", 15))
+        format!(
+            "01g{}",
+            rng.string_from(
+                b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+                15
+            )
+        )
     };
     cursors.order.push_back(locator.clone());
     cursors.open.insert(
@@ -1018,7 +1218,13 @@ fn expire_cursors(cursors: &mut Cursors, now: SystemTime) {
 fn query_more(call: &Call<'_>, locator: &str) -> Response {
     let state = call.state();
     let schema = &state.schema;
-    let invalid = || sf_error(StatusCode::BAD_REQUEST, "INVALID_QUERY_LOCATOR", "invalid query locator");
+    let invalid = || {
+        sf_error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_QUERY_LOCATOR",
+            "invalid query locator",
+        )
+    };
     let Some((id, offset)) = locator.rsplit_once('-') else {
         return invalid();
     };
@@ -1038,8 +1244,19 @@ fn query_more(call: &Call<'_>, locator: &str) -> Response {
     cursor.last_used = now;
     let batch = batch_size(&call.headers).unwrap_or(cursor.batch);
     let end = (offset + batch).min(cursor.rows.len());
-    let records = soql::render_rows(schema, &data.store, &cursor.plan, &cursor.rows[offset..end], &call.version);
-    let next = (end < cursor.rows.len()).then(|| format!("/services/data/v{}/{}/{id}-{end}", call.version, cursor.resource));
+    let records = soql::render_rows(
+        schema,
+        &data.store,
+        &cursor.plan,
+        &cursor.rows[offset..end],
+        &call.version,
+    );
+    let next = (end < cursor.rows.len()).then(|| {
+        format!(
+            "/services/data/v{}/{}/{id}-{end}",
+            call.version, cursor.resource
+        )
+    });
     ordered_response(
         StatusCode::OK,
         &QueryPage {
@@ -1079,7 +1296,9 @@ fn object_summary(call: &Call<'_>, object: usize) -> Value {
 }
 
 fn describe_global(call: &Call<'_>) -> Response {
-    let objects: Vec<Value> = (0..call.state().schema.objects.len()).map(|i| object_summary(call, i)).collect();
+    let objects: Vec<Value> = (0..call.state().schema.objects.len())
+        .map(|i| object_summary(call, i))
+        .collect();
     json_response(
         StatusCode::OK,
         &json!({ "encoding": "UTF-8", "maxBatchSize": MAX_COLLECTION, "sobjects": objects }),
@@ -1113,7 +1332,10 @@ fn describe(call: &Call<'_>, object: usize) -> Value {
         })
         .collect();
     if let Some(map) = summary.as_object_mut() {
-        map.insert("fields".into(), Value::Array(obj.fields.iter().map(schema::Field::describe).collect()));
+        map.insert(
+            "fields".into(),
+            Value::Array(obj.fields.iter().map(schema::Field::describe).collect()),
+        );
         map.insert("childRelationships".into(), Value::Array(children));
     }
     summary
@@ -1139,16 +1361,18 @@ fn limits(call: &Call<'_>) -> Response {
 
 /// `start` and `end` of the replication resources, seconds dropped (Salesforce ignores
 /// them), as canonical date-times.
-fn replication_window(call: &Call<'_>) -> Result<(String, String), Response> {
-    let read = |name: &str| -> Result<String, Response> {
+fn replication_window(call: &Call<'_>) -> Result<(String, String), SfError> {
+    let read = |name: &str| -> Result<String, SfError> {
         let Some(text) = call.param(name) else {
-            return Err(sf_error(StatusCode::BAD_REQUEST, "MISSING_ARGUMENT", &format!("Missing parameter: {name}")));
+            return Err(SfError::new(
+                "MISSING_ARGUMENT",
+                format!("Missing parameter: {name}"),
+            ));
         };
         let Some(mut dt) = write::parse_datetime(text).filter(|_| text.len() > 10) else {
-            return Err(sf_error(
-                StatusCode::BAD_REQUEST,
+            return Err(SfError::new(
                 "INVALID_PARAMETER_VALUE",
-                &format!("Invalid parameter value {name}: {text}"),
+                format!("Invalid parameter value {name}: {text}"),
             ));
         };
         dt = dt.to_utc();
@@ -1159,8 +1383,7 @@ fn replication_window(call: &Call<'_>) -> Result<(String, String), Response> {
     let start = read("start")?;
     let end = read("end")?;
     if end < start {
-        return Err(sf_error(
-            StatusCode::BAD_REQUEST,
+        return Err(SfError::new(
             "INVALID_REPLICATION_DATE",
             "startDate must chronologically precede endDate",
         ));
@@ -1178,7 +1401,7 @@ fn now_minute(call: &Call<'_>) -> String {
 fn updated(call: &Call<'_>, object: usize) -> Response {
     let (start, end) = match replication_window(call) {
         Ok(window) => window,
-        Err(response) => return response,
+        Err(error) => return sf_errors(StatusCode::BAD_REQUEST, &error),
     };
     let state = call.state();
     let obj = &state.schema.objects[object];
@@ -1196,13 +1419,16 @@ fn updated(call: &Call<'_>, object: usize) -> Response {
         })
         .map(|r| json!(r.id(obj)))
         .collect();
-    json_response(StatusCode::OK, &json!({ "ids": found, "latestDateCovered": latest }))
+    json_response(
+        StatusCode::OK,
+        &json!({ "ids": found, "latestDateCovered": latest }),
+    )
 }
 
 fn deleted_list(call: &Call<'_>, object: usize) -> Response {
     let (start, end) = match replication_window(call) {
         Ok(window) => window,
-        Err(response) => return response,
+        Err(error) => return sf_errors(StatusCode::BAD_REQUEST, &error),
     };
     let state = call.state();
     let obj = &state.schema.objects[object];

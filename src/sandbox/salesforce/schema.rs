@@ -8,6 +8,7 @@
 //! the behaviour Salesforce implements in the platform rather than in metadata.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -237,6 +238,8 @@ pub struct Field {
     pub unique: bool,
     /// Picklist entries.
     pub picklist: Vec<PicklistValue>,
+    /// The entries' values, shared by every record holding them.
+    pub interned: Vec<Arc<str>>,
     /// Whether only the entries are accepted.
     pub restricted: bool,
     /// Target object of a reference (`User` is the sandbox user, not an emulated object).
@@ -353,7 +356,9 @@ impl Object {
 
     /// The reference field whose relationship is called `name`, case-insensitively.
     pub fn relationship(&self, name: &str) -> Option<usize> {
-        self.by_relationship.get(&name.to_ascii_lowercase()).copied()
+        self.by_relationship
+            .get(&name.to_ascii_lowercase())
+            .copied()
     }
 
     /// Index of a field that the schema guarantees (system fields).
@@ -386,6 +391,8 @@ pub struct Schema {
     by_name: HashMap<String, usize>,
     /// The sandbox user.
     pub user: User,
+    /// The user's id, shared by every record's owner and audit fields.
+    pub user_id: Arc<str>,
 }
 
 impl Schema {
@@ -424,6 +431,7 @@ impl Schema {
         Ok(Schema {
             objects,
             by_name,
+            user_id: Arc::from(raw.user.id.as_str()),
             user: User {
                 id: raw.user.id,
                 name: raw.user.name,
@@ -465,18 +473,30 @@ fn build_object(
         let mut picklist = f.picklist_values;
         if let Some(set) = &f.value_set {
             let values = value_sets.get(set).ok_or_else(|| {
-                anyhow::anyhow!("salesforce schema: {}.{}: unknown valueSet {set}", raw.name, f.name)
+                anyhow::anyhow!(
+                    "salesforce schema: {}.{}: unknown valueSet {set}",
+                    raw.name,
+                    f.name
+                )
             })?;
             picklist.extend(values.iter().cloned());
         }
         let country_name_field = match &f.country_name_field {
             Some(name) => Some(*by_name.get(&name.to_ascii_lowercase()).ok_or_else(|| {
-                anyhow::anyhow!("salesforce schema: {}.{}: unknown countryNameField", raw.name, f.name)
+                anyhow::anyhow!(
+                    "salesforce schema: {}.{}: unknown countryNameField",
+                    raw.name,
+                    f.name
+                )
             })?),
             None => None,
         };
         if f.kind == FieldType::Reference && f.reference_to.is_none() {
-            anyhow::bail!("salesforce schema: {}.{}: reference without referenceTo", raw.name, f.name);
+            anyhow::bail!(
+                "salesforce schema: {}.{}: reference without referenceTo",
+                raw.name,
+                f.name
+            );
         }
         let default = match f.default {
             Some(Value::String(s)) if s == "$user" => Some(Value::String(user_id.to_owned())),
@@ -495,6 +515,10 @@ fn build_object(
             default,
             external_id: f.external_id,
             unique: f.unique,
+            interned: picklist
+                .iter()
+                .map(|p| Arc::from(p.value.as_str()))
+                .collect(),
             picklist,
             restricted: f.restricted_picklist,
             reference_to: f.reference_to,
@@ -507,14 +531,26 @@ fn build_object(
     let by_relationship = fields
         .iter()
         .enumerate()
-        .filter_map(|(i, f)| f.relationship_name.as_ref().map(|r| (r.to_ascii_lowercase(), i)))
+        .filter_map(|(i, f)| {
+            f.relationship_name
+                .as_ref()
+                .map(|r| (r.to_ascii_lowercase(), i))
+        })
         .collect();
     let id_field = *by_name
         .get("id")
         .ok_or_else(|| anyhow::anyhow!("salesforce schema: {}: no Id field", raw.name))?;
-    for required in ["isdeleted", "createddate", "lastmodifieddate", "systemmodstamp"] {
+    for required in [
+        "isdeleted",
+        "createddate",
+        "lastmodifieddate",
+        "systemmodstamp",
+    ] {
         if !by_name.contains_key(required) {
-            anyhow::bail!("salesforce schema: {}: missing system field {required}", raw.name);
+            anyhow::bail!(
+                "salesforce schema: {}: missing system field {required}",
+                raw.name
+            );
         }
     }
     Ok(Object {
@@ -546,7 +582,10 @@ mod tests {
         let sync = &opportunity.fields[opportunity.field("Sync_With_Partner_Center__c").unwrap()];
         assert!(!sync.required(), "checkboxes default to false");
         let solution = &schema.objects[schema.object("Microsoft_Solution__c").unwrap()];
-        assert_eq!(solution.relationship("opportunity__r"), solution.field("Opportunity__c"));
+        assert_eq!(
+            solution.relationship("opportunity__r"),
+            solution.field("Opportunity__c")
+        );
     }
 
     #[test]

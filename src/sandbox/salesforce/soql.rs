@@ -132,14 +132,20 @@ impl Lexer<'_> {
                 }
                 b'\'' => self.string()?,
                 b'0'..=b'9' => self.number_or_date()?,
-                b'-' | b'+' if self.peek_byte(1).is_some_and(|c| c.is_ascii_digit() || c == b'.') => {
+                b'-' | b'+'
+                    if self
+                        .peek_byte(1)
+                        .is_some_and(|c| c.is_ascii_digit() || c == b'.') =>
+                {
                     self.pos += 1;
                     match self.number_or_date()? {
                         Tok::Num(n) => Tok::Num(if b == b'-' { -n } else { n }),
                         _ => return Err((start, self.src[start..self.pos].to_owned())),
                     }
                 }
-                b'.' if self.peek_byte(1).is_some_and(|c| c.is_ascii_digit()) => self.number_or_date()?,
+                b'.' if self.peek_byte(1).is_some_and(|c| c.is_ascii_digit()) => {
+                    self.number_or_date()?
+                }
                 c if c.is_ascii_alphabetic() || c == b'_' => {
                     while self
                         .peek_byte(0)
@@ -236,10 +242,9 @@ impl Lexer<'_> {
                     .map(|_| Tok::Date(text.to_owned()))
                     .ok_or((start, text.to_owned()));
             }
-            while self
-                .peek_byte(0)
-                .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b':' | b'.' | b'+' | b'-'))
-            {
+            while self.peek_byte(0).is_some_and(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, b':' | b'.' | b'+' | b'-')
+            }) {
                 self.pos += 1;
             }
             let text = &self.src[start..self.pos];
@@ -251,7 +256,10 @@ impl Lexer<'_> {
                 _ => Err((start, text.to_owned())),
             };
         }
-        while self.peek_byte(0).is_some_and(|c| c.is_ascii_digit() || c == b'.') {
+        while self
+            .peek_byte(0)
+            .is_some_and(|c| c.is_ascii_digit() || c == b'.')
+        {
             self.pos += 1;
         }
         let text = &self.src[start..self.pos];
@@ -371,7 +379,11 @@ impl Parser<'_> {
     }
 
     fn unexpected(&self, token: &Token) -> SoqlError {
-        malformed(self.src, token.pos, &format!("unexpected token: '{}'", token.text))
+        malformed(
+            self.src,
+            token.pos,
+            &format!("unexpected token: '{}'", token.text),
+        )
     }
 
     fn is_keyword(&self, word: &str) -> bool {
@@ -431,7 +443,12 @@ impl Parser<'_> {
 
     fn query(&mut self) -> Result<Ast, SoqlError> {
         self.keyword("select")?;
-        let select = if self.is_keyword("count") && self.tokens.get(self.at + 1).is_some_and(|t| t.tok == Tok::LParen) {
+        let select = if self.is_keyword("count")
+            && self
+                .tokens
+                .get(self.at + 1)
+                .is_some_and(|t| t.tok == Tok::LParen)
+        {
             self.at += 2;
             let field = if self.peek().tok == Tok::RParen {
                 None
@@ -557,7 +574,12 @@ impl Parser<'_> {
                 value_pos,
             });
         }
-        let negated = if self.is_keyword("not") && self.tokens.get(self.at + 1).is_some_and(|t| matches!(&t.tok, Tok::Ident(w) if w.eq_ignore_ascii_case("in"))) {
+        let negated = if self.is_keyword("not")
+            && self
+                .tokens
+                .get(self.at + 1)
+                .is_some_and(|t| matches!(&t.tok, Tok::Ident(w) if w.eq_ignore_ascii_case("in")))
+        {
             self.at += 1;
             true
         } else {
@@ -623,7 +645,9 @@ impl Parser<'_> {
                 "NEXT_YEAR" => Literal::Relative(Relative::NextYear),
                 upper @ ("LAST_N_DAYS" | "NEXT_N_DAYS") => {
                     self.expect(&Tok::Colon)?;
-                    let n = i64::try_from(self.integer()?).unwrap_or(i64::MAX / 4).min(100_000);
+                    let n = i64::try_from(self.integer()?)
+                        .unwrap_or(i64::MAX / 4)
+                        .min(100_000);
                     Literal::Relative(if upper == "LAST_N_DAYS" {
                         Relative::LastNDays(n)
                     } else {
@@ -643,7 +667,12 @@ fn located(src: &str, pos: usize, message: &str) -> String {
     let row = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let column = src.get(line_start..pos).map_or(0, |s| s.chars().count()) + 1;
-    let line = src.get(line_start..).unwrap_or("").split('\n').next().unwrap_or("");
+    let line = src
+        .get(line_start..)
+        .unwrap_or("")
+        .split('\n')
+        .next()
+        .unwrap_or("");
     format!(
         "\n{line}\n{}^\nERROR at Row:{row}:Column:{column}\n{message}",
         " ".repeat(column - 1)
@@ -811,7 +840,10 @@ fn is_long_text(kind: FieldType, length: Option<usize>) -> bool {
 
 fn insert_node(schema: &Schema, nodes: &mut Vec<Node>, object: usize, path: &FieldPath) {
     let Some(((_, reference), rest)) = path.hops.split_first() else {
-        if !nodes.iter().any(|n| matches!(n, Node::Field(f) if *f == path.field)) {
+        if !nodes
+            .iter()
+            .any(|n| matches!(n, Node::Field(f) if *f == path.field))
+        {
             nodes.push(Node::Field(path.field));
         }
         return;
@@ -819,7 +851,9 @@ fn insert_node(schema: &Schema, nodes: &mut Vec<Node>, object: usize, path: &Fie
     let obj = &schema.objects[object];
     let field = &obj.fields[*reference];
     let target = rest.first().map_or(path.object, |(o, _)| *o);
-    let position = nodes.iter().position(|n| matches!(n, Node::Relationship { reference: r, .. } if r == reference));
+    let position = nodes
+        .iter()
+        .position(|n| matches!(n, Node::Relationship { reference: r, .. } if r == reference));
     let index = position.unwrap_or_else(|| {
         nodes.push(Node::Relationship {
             reference: *reference,
@@ -852,7 +886,10 @@ impl Resolver<'_> {
         let mut parts: Vec<&str> = path.text.split('.').collect();
         let root = &self.schema.objects[self.root];
         // `SELECT Account.Name FROM Account`: the object's own name may prefix a path.
-        if parts.len() > 1 && parts[0].eq_ignore_ascii_case(&root.name) && root.relationship(parts[0]).is_none() {
+        if parts.len() > 1
+            && parts[0].eq_ignore_ascii_case(&root.name)
+            && root.relationship(parts[0]).is_none()
+        {
             parts.remove(0);
         }
         let mut object = self.root;
@@ -860,9 +897,13 @@ impl Resolver<'_> {
         let (last, relationships) = parts.split_last().unwrap_or((&"", &[]));
         for name in relationships {
             let obj = &self.schema.objects[object];
-            let target = obj
-                .relationship(name)
-                .and_then(|f| obj.fields[f].reference_to.as_deref().and_then(|t| self.schema.object(t)).map(|t| (f, t)));
+            let target = obj.relationship(name).and_then(|f| {
+                obj.fields[f]
+                    .reference_to
+                    .as_deref()
+                    .and_then(|t| self.schema.object(t))
+                    .map(|t| (f, t))
+            });
             let Some((field, target)) = target else {
                 return Err(error_at(
                     "INVALID_FIELD",
@@ -898,8 +939,18 @@ impl Resolver<'_> {
 
     fn filter(&self, cond: &Cond) -> Result<Filter, SoqlError> {
         Ok(match cond {
-            Cond::And(parts) => Filter::And(parts.iter().map(|c| self.filter(c)).collect::<Result<_, _>>()?),
-            Cond::Or(parts) => Filter::Or(parts.iter().map(|c| self.filter(c)).collect::<Result<_, _>>()?),
+            Cond::And(parts) => Filter::And(
+                parts
+                    .iter()
+                    .map(|c| self.filter(c))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Cond::Or(parts) => Filter::Or(
+                parts
+                    .iter()
+                    .map(|c| self.filter(c))
+                    .collect::<Result<_, _>>()?,
+            ),
             Cond::Not(inner) => Filter::Not(Box::new(self.filter(inner)?)),
             Cond::Cmp {
                 path,
@@ -914,19 +965,34 @@ impl Resolver<'_> {
                         "INVALID_QUERY_FILTER_OPERATOR",
                         self.src,
                         path.pos,
-                        &format!("invalid operator on boolean field: {}", self.name(&resolved)),
+                        &format!(
+                            "invalid operator on boolean field: {}",
+                            self.name(&resolved)
+                        ),
                     ));
                 }
                 Filter::Cmp(resolved, op, operand)
             }
-            Cond::Like { path, value, value_pos } => {
+            Cond::Like {
+                path,
+                value,
+                value_pos,
+            } => {
                 let resolved = self.filterable(path)?;
                 if !resolved.kind.is_text() {
                     return Err(error_at(
                         "INVALID_QUERY_FILTER_OPERATOR",
                         self.src,
                         path.pos,
-                        &format!("invalid operator on {} field: {}", if resolved.kind.is_id() { "id" } else { resolved.kind.soap_name() }, self.name(&resolved)),
+                        &format!(
+                            "invalid operator on {} field: {}",
+                            if resolved.kind.is_id() {
+                                "id"
+                            } else {
+                                resolved.kind.soap_name()
+                            },
+                            self.name(&resolved)
+                        ),
                     ));
                 }
                 let Literal::Str { pattern, .. } = value else {
@@ -934,7 +1000,11 @@ impl Resolver<'_> {
                 };
                 Filter::Like(resolved, pattern.clone())
             }
-            Cond::In { path, negated, values } => {
+            Cond::In {
+                path,
+                negated,
+                values,
+            } => {
                 let resolved = self.filterable(path)?;
                 let operands = values
                     .iter()
@@ -946,7 +1016,9 @@ impl Resolver<'_> {
     }
 
     fn name(&self, path: &FieldPath) -> String {
-        self.schema.objects[path.object].fields[path.field].name.clone()
+        self.schema.objects[path.object].fields[path.field]
+            .name
+            .clone()
     }
 
     fn filterable(&self, path: &PathExpr) -> Result<FieldPath, SoqlError> {
@@ -996,7 +1068,9 @@ impl Resolver<'_> {
                     ));
                 }
             },
-            (k, Literal::Str { value, .. }) if k.is_text() => Operand::Text(value.replace("\\%", "%").replace("\\_", "_").to_lowercase()),
+            (k, Literal::Str { value, .. }) if k.is_text() => {
+                Operand::Text(value.replace("\\%", "%").replace("\\_", "_").to_lowercase())
+            }
             (k, Literal::Num(n)) if k.is_number() => Operand::Num(*n),
             (FieldType::Boolean, Literal::Bool(b)) => Operand::Bool(*b),
             (FieldType::Date, Literal::Date(d)) => Operand::Exact(d.clone()),
@@ -1032,7 +1106,10 @@ fn day_start(day: i64) -> String {
 }
 
 fn month_start(year: i32, month: i32) -> i64 {
-    let (y, m) = (year + (month - 1).div_euclid(12), (month - 1).rem_euclid(12) + 1);
+    let (y, m) = (
+        year + (month - 1).div_euclid(12),
+        (month - 1).rem_euclid(12) + 1,
+    );
     day_number(DateTime {
         year: y,
         month: u8::try_from(m).unwrap_or(1),
@@ -1073,7 +1150,13 @@ fn relative_range(relative: Relative, today: DateTime) -> (i64, i64) {
 // ---------------------------------------------------------------------------------------
 // Evaluation
 
-fn value_of<'a>(schema: &Schema, store: &'a Store, root: usize, row: u32, path: &FieldPath) -> &'a Val {
+fn value_of<'a>(
+    schema: &Schema,
+    store: &'a Store,
+    root: usize,
+    row: u32,
+    path: &FieldPath,
+) -> &'a Val {
     static NULL: Val = Val::Null;
     let mut object = root;
     let mut record = &store.tables[object].records[row as usize];
@@ -1119,7 +1202,9 @@ fn matches_op(value: &Val, op: &str, operand: &Operand) -> bool {
         return op == "!=";
     }
     if let Operand::Range(start, end) = operand {
-        let Some(v) = value.as_text() else { return false };
+        let Some(v) = value.as_text() else {
+            return false;
+        };
         let (after_start, before_end) = (v >= start.as_str(), v < end.as_str());
         return match op {
             "=" => after_start && before_end,
@@ -1181,7 +1266,9 @@ fn test(schema: &Schema, store: &Store, root: usize, row: u32, filter: &Filter) 
         Filter::And(parts) => parts.iter().all(|f| test(schema, store, root, row, f)),
         Filter::Or(parts) => parts.iter().any(|f| test(schema, store, root, row, f)),
         Filter::Not(inner) => !test(schema, store, root, row, inner),
-        Filter::Cmp(path, op, operand) => matches_op(value_of(schema, store, root, row, path), op, operand),
+        Filter::Cmp(path, op, operand) => {
+            matches_op(value_of(schema, store, root, row, path), op, operand)
+        }
         Filter::Like(path, pattern) => match value_of(schema, store, root, row, path).as_text() {
             Some(text) => like(&text.chars().collect::<Vec<_>>(), pattern),
             None => false,
@@ -1231,7 +1318,11 @@ pub fn run(schema: &Schema, store: &Store, plan: &Plan, all_rows: bool) -> Outco
         .enumerate()
         .filter(|(_, r)| all_rows || r.deleted_at.is_none())
         .filter_map(|(i, _)| u32::try_from(i).ok())
-        .filter(|row| plan.filter.as_ref().is_none_or(|f| test(schema, store, plan.object, *row, f)))
+        .filter(|row| {
+            plan.filter
+                .as_ref()
+                .is_none_or(|f| test(schema, store, plan.object, *row, f))
+        })
         .collect();
     if !plan.order.is_empty() {
         let mut keyed: Vec<(Vec<Option<SortKey>>, u32)> = rows
@@ -1240,7 +1331,9 @@ pub fn run(schema: &Schema, store: &Store, plan: &Plan, all_rows: bool) -> Outco
                 let keys = plan
                     .order
                     .iter()
-                    .map(|(path, _, _)| sort_key(value_of(schema, store, plan.object, *row, path), path.kind))
+                    .map(|(path, _, _)| {
+                        sort_key(value_of(schema, store, plan.object, *row, path), path.kind)
+                    })
                     .collect();
                 (keys, *row)
             })
@@ -1249,8 +1342,20 @@ pub fn run(schema: &Schema, store: &Store, plan: &Plan, all_rows: bool) -> Outco
             for ((x, y), (_, descending, nulls_last)) in a.iter().zip(b).zip(&plan.order) {
                 let ordering = match (x, y) {
                     (None, None) => Ordering::Equal,
-                    (None, Some(_)) => if *nulls_last { Ordering::Greater } else { Ordering::Less },
-                    (Some(_), None) => if *nulls_last { Ordering::Less } else { Ordering::Greater },
+                    (None, Some(_)) => {
+                        if *nulls_last {
+                            Ordering::Greater
+                        } else {
+                            Ordering::Less
+                        }
+                    }
+                    (Some(_), None) => {
+                        if *nulls_last {
+                            Ordering::Less
+                        } else {
+                            Ordering::Greater
+                        }
+                    }
                     (Some(x), Some(y)) => {
                         let o = x.partial_cmp(y).unwrap_or(Ordering::Equal);
                         if *descending { o.reverse() } else { o }
@@ -1268,7 +1373,10 @@ pub fn run(schema: &Schema, store: &Store, plan: &Plan, all_rows: bool) -> Outco
     let rows: Vec<u32> = rows
         .into_iter()
         .skip(offset)
-        .take(plan.limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX)))
+        .take(
+            plan.limit
+                .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX)),
+        )
         .collect();
     match &plan.projection {
         Projection::Count => Outcome::Count(rows.len() as u64),
@@ -1326,10 +1434,20 @@ pub fn attributes(object: &Object, id: &str, version: &str) -> Out {
 }
 
 /// A record with the fields of `nodes` (all fields when `None`).
-pub fn render_record(schema: &Schema, store: &Store, object: usize, row: u32, fields: Option<&[usize]>, version: &str) -> Ordered {
+pub fn render_record(
+    schema: &Schema,
+    store: &Store,
+    object: usize,
+    row: u32,
+    fields: Option<&[usize]>,
+    version: &str,
+) -> Ordered {
     let obj = &schema.objects[object];
     let record = &store.tables[object].records[row as usize];
-    let mut out = vec![("attributes".to_owned(), attributes(obj, record.id(obj), version))];
+    let mut out = vec![(
+        "attributes".to_owned(),
+        attributes(obj, record.id(obj), version),
+    )];
     let all: Vec<usize>;
     let fields = match fields {
         Some(f) => f,
@@ -1340,20 +1458,36 @@ pub fn render_record(schema: &Schema, store: &Store, object: usize, row: u32, fi
     };
     for index in fields {
         let field = &obj.fields[*index];
-        out.push((field.name.clone(), Out::Json(record.values[*index].to_json(field.kind))));
+        out.push((
+            field.name.clone(),
+            Out::Json(record.values[*index].to_json(field.kind)),
+        ));
     }
     Ordered(out)
 }
 
-fn render_nodes(schema: &Schema, store: &Store, object: usize, row: u32, nodes: &[Node], version: &str) -> Ordered {
+fn render_nodes(
+    schema: &Schema,
+    store: &Store,
+    object: usize,
+    row: u32,
+    nodes: &[Node],
+    version: &str,
+) -> Ordered {
     let obj = &schema.objects[object];
     let record = &store.tables[object].records[row as usize];
-    let mut out = vec![("attributes".to_owned(), attributes(obj, record.id(obj), version))];
+    let mut out = vec![(
+        "attributes".to_owned(),
+        attributes(obj, record.id(obj), version),
+    )];
     for node in nodes {
         match node {
             Node::Field(index) => {
                 let field = &obj.fields[*index];
-                out.push((field.name.clone(), Out::Json(record.values[*index].to_json(field.kind))));
+                out.push((
+                    field.name.clone(),
+                    Out::Json(record.values[*index].to_json(field.kind)),
+                ));
             }
             Node::Relationship {
                 reference,
@@ -1365,7 +1499,9 @@ fn render_nodes(schema: &Schema, store: &Store, object: usize, row: u32, nodes: 
                     .as_text()
                     .and_then(|id| store.tables[*target].row(id));
                 let value = match related {
-                    Some(r) => Out::Object(render_nodes(schema, store, *target, r, children, version)),
+                    Some(r) => {
+                        Out::Object(render_nodes(schema, store, *target, r, children, version))
+                    }
                     None => Out::Json(Value::Null),
                 };
                 out.push((name.clone(), value));
@@ -1376,7 +1512,13 @@ fn render_nodes(schema: &Schema, store: &Store, object: usize, row: u32, nodes: 
 }
 
 /// The records of `rows` as a query returns them.
-pub fn render_rows(schema: &Schema, store: &Store, plan: &Plan, rows: &[u32], version: &str) -> Vec<Ordered> {
+pub fn render_rows(
+    schema: &Schema,
+    store: &Store,
+    plan: &Plan,
+    rows: &[u32],
+    version: &str,
+) -> Vec<Ordered> {
     let Projection::Fields(nodes) = &plan.projection else {
         return Vec::new();
     };
@@ -1413,9 +1555,20 @@ mod tests {
     fn mixing_and_or_needs_parentheses() {
         let e = error("SELECT Id FROM Account WHERE Name = 'a' AND Phone = 'b' OR Name = 'c'");
         assert_eq!(e.code, "MALFORMED_QUERY");
-        assert!(e.message.ends_with("unexpected token: 'OR'"), "{}", e.message);
+        assert!(
+            e.message.ends_with("unexpected token: 'OR'"),
+            "{}",
+            e.message
+        );
         let schema = Schema::load().unwrap();
-        assert!(plan(&schema, "select id from account where (name = 'a' and phone = 'b') or name = 'c'", today()).is_ok());
+        assert!(
+            plan(
+                &schema,
+                "select id from account where (name = 'a' and phone = 'b') or name = 'c'",
+                today()
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -1424,7 +1577,11 @@ mod tests {
         assert_eq!(e.code, "INVALID_FIELD");
         assert!(e.message.contains("must be of type date"), "{}", e.message);
         let e = error("SELECT Id FROM Opportunity WHERE CreatedDate > 2024-01-01");
-        assert!(e.message.contains("must be of type dateTime"), "{}", e.message);
+        assert!(
+            e.message.contains("must be of type dateTime"),
+            "{}",
+            e.message
+        );
         let e = error("SELECT Id FROM Opportunity WHERE CreatedDate > 2024-01-01T00:00:00");
         assert_eq!(e.code, "MALFORMED_QUERY");
     }
@@ -1448,10 +1605,16 @@ mod tests {
     fn relative_ranges() {
         assert_eq!(relative_range(Relative::Today, today()), (19797, 19798));
         let (start, end) = relative_range(Relative::ThisMonth, today());
-        assert_eq!((day_string(start), day_string(end)), ("2024-03-01".into(), "2024-04-01".into()));
+        assert_eq!(
+            (day_string(start), day_string(end)),
+            ("2024-03-01".into(), "2024-04-01".into())
+        );
         let (start, _) = relative_range(Relative::ThisWeek, today());
         assert_eq!(day_string(start), "2024-03-10", "weeks start on Sunday");
         let (start, end) = relative_range(Relative::LastYear, today());
-        assert_eq!((day_string(start), day_string(end)), ("2023-01-01".into(), "2024-01-01".into()));
+        assert_eq!(
+            (day_string(start), day_string(end)),
+            ("2023-01-01".into(), "2024-01-01".into())
+        );
     }
 }

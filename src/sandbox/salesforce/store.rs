@@ -5,6 +5,7 @@
 //! text.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::{Map, Number, Value};
 
@@ -20,8 +21,9 @@ pub enum Val {
     Bool(bool),
     /// Any number type.
     Num(f64),
-    /// Text, picklist, id, date and date-time values.
-    Text(Box<str>),
+    /// Text, picklist, id, date and date-time values. Shared: a record's three
+    /// timestamps, the owner id and picklist values point at one allocation each.
+    Text(Arc<str>),
 }
 
 impl Val {
@@ -88,7 +90,7 @@ impl Record {
 pub struct Table {
     /// All records in creation order (creation order is also the default query order).
     pub records: Vec<Record>,
-    by_id: HashMap<Box<str>, u32>,
+    by_id: HashMap<Arc<str>, u32>,
     /// Lower-cased values of External ID and unique fields → live rows holding them.
     keys: HashMap<usize, HashMap<String, Vec<u32>>>,
 }
@@ -110,7 +112,9 @@ impl Table {
     /// Adds a record, indexing it.
     pub fn push(&mut self, object: &Object, record: Record) -> u32 {
         let row = u32::try_from(self.records.len()).unwrap_or(u32::MAX);
-        self.by_id.insert(record.id(object).into(), row);
+        if let Val::Text(id) = &record.values[object.id_field] {
+            self.by_id.insert(Arc::clone(id), row);
+        }
         self.records.push(record);
         self.index(object, row, true);
         row

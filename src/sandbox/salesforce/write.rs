@@ -3,6 +3,8 @@
 //! addresses, numeric ranges, lookups, unique values, and the platform behaviour the schema
 //! describes (defaults, stage-derived fields, country-code sync, cascades).
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
 use serde_json::{Value, json};
@@ -302,19 +304,28 @@ pub fn roll_back(schema: &Schema, store: &mut Store, undo: Vec<Undo>) {
     }
 }
 
-/// Validates `body` for a create or update of `object` and applies it. Returns the row.
+/// A record body and the request text it came from (for error locations).
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// The parsed members.
+    pub body: &'a Body,
+    /// The raw JSON text.
+    pub raw: &'a str,
+}
+
+/// Validates `input` for a create or update of `object` and applies it. Returns the row.
 pub fn save(
     schema: &Schema,
     store: &mut Store,
     object: usize,
-    body: &Body,
-    raw: &str,
+    input: Input<'_>,
     target: Target,
     now: &str,
     undo: &mut Vec<Undo>,
 ) -> Result<u32, SfError> {
     let obj = &schema.objects[object];
     let creating = target == Target::Create;
+    let Input { body, raw } = input;
 
     // 1. Deserialize: unknown fields, the Id, types — in body order, first error wins.
     let mut given: Vec<(usize, Val)> = Vec::new();
@@ -365,7 +376,13 @@ pub fn save(
     let denied: Vec<String> = given
         .iter()
         .map(|(f, _)| &obj.fields[*f])
-        .filter(|f| if creating { !f.createable } else { !f.updateable })
+        .filter(|f| {
+            if creating {
+                !f.createable
+            } else {
+                !f.updateable
+            }
+        })
         .map(|f| f.name.clone())
         .collect();
     if !denied.is_empty() {
@@ -470,7 +487,10 @@ pub fn save(
     }
 
     // 8. System fields, then store.
-    let user = Val::Text(schema.user.id.as_str().into());
+    for (field, value) in obj.fields.iter().zip(values.iter_mut()) {
+        intern(schema, field, value);
+    }
+    let user = Val::Text(Arc::clone(&schema.user_id));
     let stamp = Val::Text(now.into());
     values[obj.must("LastModifiedDate")] = stamp.clone();
     values[obj.must("SystemModstamp")] = stamp.clone();
@@ -514,18 +534,29 @@ pub fn save(
 
 /// Picklists, lengths, e-mail addresses, numeric ranges and lookups of one written value;
 /// normalizes ids and rounds numbers to their scale.
-fn check_value(schema: &Schema, store: &Store, field: &Field, value: &mut Val) -> Result<(), SfError> {
-    let on = |code: &'static str, message: String| SfError::on(code, message, vec![field.name.clone()]);
+fn check_value(
+    schema: &Schema,
+    store: &Store,
+    field: &Field,
+    value: &mut Val,
+) -> Result<(), SfError> {
+    let on =
+        |code: &'static str, message: String| SfError::on(code, message, vec![field.name.clone()]);
     match value {
         Val::Null | Val::Bool(_) => Ok(()),
         Val::Num(n) => {
-            let scale = field.scale.unwrap_or(if field.kind == FieldType::Int { 0 } else { 2 });
+            let scale = field
+                .scale
+                .unwrap_or(if field.kind == FieldType::Int { 0 } else { 2 });
             if let Some(precision) = field.precision {
                 let limit = 10f64.powi(i32::try_from(precision.saturating_sub(scale)).unwrap_or(0));
                 if n.abs() >= limit {
                     return Err(on(
                         "NUMBER_OUTSIDE_VALID_RANGE",
-                        format!("{}: value outside of valid range on numeric field: {n}", field.label),
+                        format!(
+                            "{}: value outside of valid range on numeric field: {n}",
+                            field.label
+                        ),
                     ));
                 }
             }
@@ -534,10 +565,16 @@ fn check_value(schema: &Schema, store: &Store, field: &Field, value: &mut Val) -
             Ok(())
         }
         Val::Text(text) => {
-            if field.kind == FieldType::Picklist && field.restricted && !field.picklist.iter().any(|p| p.value == **text) {
+            if field.kind == FieldType::Picklist
+                && field.restricted
+                && !field.picklist.iter().any(|p| p.value == **text)
+            {
                 return Err(on(
                     "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
-                    format!("{}: bad value for restricted picklist field: {text}", field.name),
+                    format!(
+                        "{}: bad value for restricted picklist field: {text}",
+                        field.name
+                    ),
                 ));
             }
             if let Some(max) = field.length
@@ -546,7 +583,10 @@ fn check_value(schema: &Schema, store: &Store, field: &Field, value: &mut Val) -
             {
                 return Err(on(
                     "STRING_TOO_LONG",
-                    format!("{}: data value too large: {text} (max length={max})", field.name),
+                    format!(
+                        "{}: data value too large: {text} (max length={max})",
+                        field.name
+                    ),
                 ));
             }
             if field.kind == FieldType::Email && !valid_email(text) {
@@ -561,6 +601,21 @@ fn check_value(schema: &Schema, store: &Store, field: &Field, value: &mut Val) -
             }
             Ok(())
         }
+    }
+}
+
+/// Swaps a picklist value or the user id for the shared copy, so 100k records holding
+/// "USD" or the owner id hold one string between them.
+fn intern(schema: &Schema, field: &Field, value: &mut Val) {
+    let Val::Text(text) = value else {
+        return;
+    };
+    if field.kind == FieldType::Picklist {
+        if let Some(index) = field.picklist.iter().position(|p| p.value == **text) {
+            *value = Val::Text(Arc::clone(&field.interned[index]));
+        }
+    } else if field.kind == FieldType::Reference && **text == *schema.user_id {
+        *value = Val::Text(Arc::clone(&schema.user_id));
     }
 }
 
@@ -579,8 +634,14 @@ fn valid_email(text: &str) -> bool {
 /// A lookup value: well-formed (`MALFORMED_ID`), of the right object
 /// (`FIELD_INTEGRITY_EXCEPTION`), existing (`INVALID_CROSS_REFERENCE_KEY`) and not deleted
 /// (`ENTITY_IS_DELETED`). Returns the canonical 18-character id.
-fn check_reference(schema: &Schema, store: &Store, field: &Field, text: &str) -> Result<String, SfError> {
-    let on = |code: &'static str, message: String| SfError::on(code, message, vec![field.name.clone()]);
+fn check_reference(
+    schema: &Schema,
+    store: &Store,
+    field: &Field,
+    text: &str,
+) -> Result<String, SfError> {
+    let on =
+        |code: &'static str, message: String| SfError::on(code, message, vec![field.name.clone()]);
     let Some(id) = ids::normalize(text) else {
         return Err(on(
             "MALFORMED_ID",
@@ -593,15 +654,25 @@ fn check_reference(schema: &Schema, store: &Store, field: &Field, text: &str) ->
             return if id == schema.user.id {
                 Ok(id)
             } else {
-                Err(on("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id".into()))
+                Err(on(
+                    "INVALID_CROSS_REFERENCE_KEY",
+                    "invalid cross reference id".into(),
+                ))
             };
         }
     } else if let Some(object) = schema.object(target)
         && id.starts_with(&schema.objects[object].key_prefix)
     {
         return match store.tables[object].row(&id) {
-            None => Err(on("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id".into())),
-            Some(row) if store.tables[object].records[row as usize].deleted_at.is_some() => {
+            None => Err(on(
+                "INVALID_CROSS_REFERENCE_KEY",
+                "invalid cross reference id".into(),
+            )),
+            Some(row)
+                if store.tables[object].records[row as usize]
+                    .deleted_at
+                    .is_some() =>
+            {
                 Err(on("ENTITY_IS_DELETED", "entity is deleted".into()))
             }
             Some(_) => Ok(id),
@@ -637,7 +708,7 @@ fn sync_countries(obj: &Object, given: &[(usize, Val)], values: &mut [Val]) -> R
                 .find(|p| p.label.eq_ignore_ascii_case(text) || p.value.eq_ignore_ascii_case(text))
         };
         if name_given {
-            match values[name_index].as_text().map(|t| find(t)) {
+            match values[name_index].as_text().map(&find) {
                 None => {
                     if !code_given {
                         values[code_index] = Val::Null;
@@ -656,7 +727,7 @@ fn sync_countries(obj: &Object, given: &[(usize, Val)], values: &mut [Val]) -> R
                 }
             }
         } else if code_given {
-            values[name_index] = match values[code_index].as_text().and_then(|code| find(code)) {
+            values[name_index] = match values[code_index].as_text().and_then(find) {
                 Some(entry) => Val::Text(entry.label.as_str().into()),
                 None => Val::Null,
             };
@@ -685,7 +756,10 @@ fn derive_stage(obj: &Object, given: &[(usize, Val)], creating: bool, values: &m
     else {
         return;
     };
-    let set_by_request = |name: &str| obj.field(name).is_some_and(|i| given.iter().any(|(g, _)| *g == i));
+    let set_by_request = |name: &str| {
+        obj.field(name)
+            .is_some_and(|i| given.iter().any(|(g, _)| *g == i))
+    };
     if let Some(i) = obj.field("IsClosed") {
         values[i] = Val::Bool(entry.closed.unwrap_or(false));
     }
@@ -705,7 +779,11 @@ fn derive_stage(obj: &Object, given: &[(usize, Val)], creating: bool, values: &m
 }
 
 fn full_name(obj: &Object, values: &[Val]) -> Val {
-    let part = |name: &str| obj.field(name).and_then(|i| values[i].as_text()).unwrap_or("");
+    let part = |name: &str| {
+        obj.field(name)
+            .and_then(|i| values[i].as_text())
+            .unwrap_or("")
+    };
     let name = format!("{} {}", part("FirstName"), part("LastName"));
     let name = name.trim();
     if name.is_empty() {
@@ -744,14 +822,17 @@ pub fn delete(schema: &Schema, store: &mut Store, object: usize, row: u32, now: 
                 .records
                 .iter()
                 .enumerate()
-                .filter(|(_, r)| r.deleted_at.is_none() && r.values[field_index].as_text() == Some(id.as_str()))
+                .filter(|(_, r)| {
+                    r.deleted_at.is_none() && r.values[field_index].as_text() == Some(id.as_str())
+                })
                 .filter_map(|(i, _)| u32::try_from(i).ok())
                 .collect();
             for child_row in rows {
                 match on_delete {
                     OnDelete::Cascade => delete(schema, store, child_index, child_row, now),
                     OnDelete::SetNull => {
-                        let mut record = store.tables[child_index].records[child_row as usize].clone();
+                        let mut record =
+                            store.tables[child_index].records[child_row as usize].clone();
                         record.values[field_index] = Val::Null;
                         record.values[child.must("SystemModstamp")] = Val::Text(now.into());
                         store.tables[child_index].replace(child, child_row, record);
