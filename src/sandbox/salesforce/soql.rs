@@ -357,7 +357,13 @@ struct Parser<'a> {
     src: &'a str,
     tokens: Vec<Token>,
     at: usize,
+    /// Nesting of parentheses and NOTs, bounded so a hostile query cannot exhaust the
+    /// stack of the recursive descent.
+    depth: usize,
 }
+
+/// Deepest nesting of parentheses and NOT accepted.
+const MAX_DEPTH: usize = 64;
 
 const RESERVED: &[&str] = &[
     "select", "from", "where", "order", "by", "limit", "offset", "and", "or", "not", "in", "like",
@@ -555,14 +561,25 @@ impl Parser<'_> {
     }
 
     fn unary(&mut self) -> Result<Cond, SoqlError> {
-        if self.eat_keyword("not") {
-            return Ok(Cond::Not(Box::new(self.unary()?)));
-        }
-        if self.peek().tok == Tok::LParen {
-            self.at += 1;
-            let inner = self.condition()?;
-            self.expect(&Tok::RParen)?;
-            return Ok(inner);
+        if self.is_keyword("not") || self.peek().tok == Tok::LParen {
+            if self.depth >= MAX_DEPTH {
+                let token = self.peek().clone();
+                return Err(malformed(
+                    self.src,
+                    token.pos,
+                    "Query is too complicated: too many nested conditions",
+                ));
+            }
+            self.depth += 1;
+            let inner = if self.eat_keyword("not") {
+                self.unary().map(|c| Cond::Not(Box::new(c)))
+            } else {
+                self.at += 1;
+                self.condition()
+                    .and_then(|inner| self.expect(&Tok::RParen).map(|()| inner))
+            };
+            self.depth -= 1;
+            return inner;
         }
         let path = self.path()?;
         if self.eat_keyword("like") {
@@ -766,7 +783,13 @@ pub fn plan(schema: &Schema, src: &str, today: DateTime) -> Result<Plan, SoqlErr
     let tokens = Lexer { src, pos: 0 }
         .tokens()
         .map_err(|(pos, text)| malformed(src, pos, &format!("unexpected token: '{text}'")))?;
-    let ast = Parser { src, tokens, at: 0 }.query()?;
+    let ast = Parser {
+        src,
+        tokens,
+        at: 0,
+        depth: 0,
+    }
+    .query()?;
     let object = schema.object(&ast.from.text).ok_or_else(|| {
         error_at(
             "INVALID_TYPE",
@@ -1584,6 +1607,28 @@ mod tests {
         );
         let e = error("SELECT Id FROM Opportunity WHERE CreatedDate > 2024-01-01T00:00:00");
         assert_eq!(e.code, "MALFORMED_QUERY");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let src = format!(
+            "SELECT Id FROM Account WHERE {}Name = 'x'{}",
+            "(".repeat(100_000),
+            ")".repeat(100_000)
+        );
+        assert_eq!(error(&src).code, "MALFORMED_QUERY");
+        let src = format!(
+            "SELECT Id FROM Account WHERE {}Name = 'x'",
+            "NOT ".repeat(100_000)
+        );
+        assert_eq!(error(&src).code, "MALFORMED_QUERY");
+        let schema = Schema::load().unwrap();
+        let nested = format!(
+            "SELECT Id FROM Account WHERE {}Name = 'x'{}",
+            "(".repeat(10),
+            ")".repeat(10)
+        );
+        assert!(plan(&schema, &nested, today()).is_ok());
     }
 
     #[test]
