@@ -64,6 +64,10 @@ Control API:
   GET|POST|DELETE /_sandbox/faults                   latency, error rates (429/500/503),
                                                      connection resets, dropped webhooks, quotas
   GET  /_sandbox/webhooks                            registration, deliveries, offline queue
+  POST /_sandbox/webhooks/offline/redeliver          offline events back into the queue
+  GET|PUT /_sandbox/webhooks/retry                   delivery retry policy (10 attempts)
+  GET  /_sandbox/certificates/pcnotifications-dispatch.cer
+                                                     webhook signing certificate (X-MS-Certificate-Url)
   GET  /_sandbox/ca.pem                              the sandbox CA certificate
   POST /_sandbox/reset                               forget all records, counters and faults
   POST /_sandbox/seed     {\"count\":N}                realistic referrals, accounts, opportunities

@@ -8,6 +8,9 @@
 //! | `GET` / `POST` / `DELETE /_sandbox/faults` | read / merge / clear fault settings |
 //! | `GET /_sandbox/ca.pem` | the sandbox CA certificate |
 //! | `GET /_sandbox/webhooks` | registration, delivery log, offline queue |
+//! | `POST /_sandbox/webhooks/offline/redeliver` | offline events back into the queue |
+//! | `GET` / `PUT /_sandbox/webhooks/retry` | the delivery retry policy |
+//! | `GET /_sandbox/certificates/pcnotifications-dispatch.cer` | the webhook signing certificate (DER; `.pem` too) |
 //! | `POST /_sandbox/reset` | forget every record, counter and fault |
 //! | `POST /_sandbox/seed` | `{"referrals":N,"accounts":N,"opportunities":N}` or `{"count":N}` |
 //! | `POST /_sandbox/clock` | `{"advance_seconds":N}` moves the sandbox clock |

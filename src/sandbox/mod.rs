@@ -16,7 +16,7 @@
 //! - [`webhooks`] — `/webhooks/v1/registration` and signed event delivery; [`pki`] is the
 //!   sandbox's own certificate authority.
 //! - [`dataverse`] — `/api/data/v9.2/`; [`salesforce`]: `/services/data/vNN.N/`. Their tables
-//!   and objects are data: `sandbox/schemas/*.yaml`.
+//!   and objects are data: `sandbox/schemas/*.json`.
 //! - [`faults`], [`stats`], [`control`] — fault injection, call counters, `/_sandbox/`.
 
 // Handlers return axum `Response`s as their error type: that is what they answer with.
