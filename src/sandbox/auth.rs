@@ -197,9 +197,7 @@ fn unauthorized(api: Api, problem: Problem) -> Response {
                     ", error=\"invalid_token\", error_description=\"The access token is expired\""
                         .to_owned()
                 }
-                Problem::Invalid | Problem::WrongAudience => {
-                    ", error=\"invalid_token\"".to_owned()
-                }
+                Problem::Invalid | Problem::WrongAudience => ", error=\"invalid_token\"".to_owned(),
             };
             format!(
                 "Bearer authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\"{error}"
@@ -261,7 +259,13 @@ fn is_form(headers: &HeaderMap) -> bool {
 
 /// An Entra ID error: `{"error","error_description","error_codes",…}` with the AADSTS
 /// number leading the description, as Entra sends it.
-fn entra_error(sandbox: &Sandbox, status: StatusCode, error: &str, aadsts: u32, text: &str) -> Response {
+fn entra_error(
+    sandbox: &Sandbox,
+    status: StatusCode,
+    error: &str,
+    aadsts: u32,
+    text: &str,
+) -> Response {
     let trace = sandbox.new_guid();
     let correlation = sandbox.new_guid();
     json_response(
@@ -317,7 +321,12 @@ async fn entra_token(
         );
     }
     let fields = form(&headers, &body);
-    let get = |name: &str| fields.get(name).map(String::as_str).filter(|v| !v.is_empty());
+    let get = |name: &str| {
+        fields
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    };
     let Some(grant_type) = get("grant_type") else {
         return entra_error(
             sb,
@@ -327,7 +336,10 @@ async fn entra_token(
             "The request body must contain the following parameter: 'grant_type'.",
         );
     };
-    if !matches!(grant_type, "client_credentials" | "password" | "refresh_token") {
+    if !matches!(
+        grant_type,
+        "client_credentials" | "password" | "refresh_token"
+    ) {
         return entra_error(
             sb,
             StatusCode::BAD_REQUEST,
@@ -422,8 +434,7 @@ async fn entra_token(
                     "The request body must contain the following parameter: 'refresh_token'.",
                 );
             };
-            let known = token == REFRESH_TOKEN
-                || lock(&sb.auth.refresh_tokens).contains_key(token);
+            let known = token == REFRESH_TOKEN || lock(&sb.auth.refresh_tokens).contains_key(token);
             if !known {
                 return entra_error(
                     sb,
@@ -440,7 +451,10 @@ async fn entra_token(
             (entra_audience(&resource), true)
         }
     };
-    let access = format!("eyJ0eXAiOiJKV1Qi.sbx.{}", sb.rng().string_from(TOKEN_ALPHABET, 40));
+    let access = format!(
+        "eyJ0eXAiOiJKV1Qi.sbx.{}",
+        sb.rng().string_from(TOKEN_ALPHABET, 40)
+    );
     let (access, expires_in) = sb.auth.issue(sb, audience.clone(), access);
     let mut body = json!({
         "token_type": "Bearer",
@@ -463,7 +477,9 @@ fn invalid_scope(sandbox: &Sandbox, scope: &str) -> Response {
         StatusCode::BAD_REQUEST,
         "invalid_scope",
         70_011,
-        &format!("The provided request must include a 'scope' input parameter. The provided value for the input parameter 'scope' is not valid: '{scope}'."),
+        &format!(
+            "The provided request must include a 'scope' input parameter. The provided value for the input parameter 'scope' is not valid: '{scope}'."
+        ),
     )
 }
 
@@ -480,7 +496,12 @@ async fn salesforce_token(
 ) -> Response {
     let sb = &sandbox;
     let fields = form(&headers, &body);
-    let get = |name: &str| fields.get(name).map(String::as_str).filter(|v| !v.is_empty());
+    let get = |name: &str| {
+        fields
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    };
     let Some(grant_type) = get("grant_type") else {
         return sf_error("unsupported_grant_type", "grant type not supported");
     };

@@ -170,11 +170,10 @@ impl Faults {
         let mut settings = lock(&self.settings);
         let mut current = serde_json::to_value(&*settings).map_err(|e| e.to_string())?;
         merge_patch(&mut current, patch);
-        let updated: FaultSettings =
-            serde_path_to_error::deserialize(current).map_err(|e| {
-                let path = e.path().to_string();
-                format!("{path}: {}", e.inner())
-            })?;
+        let updated: FaultSettings = serde_path_to_error::deserialize(current).map_err(|e| {
+            let path = e.path().to_string();
+            format!("{path}: {}", e.inner())
+        })?;
         validate(&updated)?;
         *settings = updated.clone();
         Ok(updated)
@@ -277,12 +276,9 @@ impl Faults {
                 }
                 let window = Duration::from_secs(quota.dataverse_window_seconds.max(1));
                 let mut calls = lock(&self.dataverse_calls);
-                if let Some(retry) = sliding_window(
-                    &mut calls,
-                    now,
-                    window,
-                    quota.dataverse_requests_per_window,
-                ) {
+                if let Some(retry) =
+                    sliding_window(&mut calls, now, window, quota.dataverse_requests_per_window)
+                {
                     return Err(throttled(
                         Api::Dataverse,
                         "0x80072322",
@@ -404,9 +400,15 @@ fn validate(settings: &FaultSettings) -> Result<(), String> {
                 faults.status
             ));
         }
-        for (name, rate) in [("error_rate", faults.error_rate), ("reset_rate", faults.reset_rate)] {
+        for (name, rate) in [
+            ("error_rate", faults.error_rate),
+            ("reset_rate", faults.reset_rate),
+        ] {
             if !(0.0..=1.0).contains(&rate) {
-                return Err(format!("{}.{name}: {rate} is not between 0 and 1", api.name()));
+                return Err(format!(
+                    "{}.{name}: {rate} is not between 0 and 1",
+                    api.name()
+                ));
             }
         }
     }
@@ -464,7 +466,11 @@ mod tests {
             .merge(&serde_json::json!({"salesforce": {"status": 404}}))
             .unwrap_err();
         assert!(error.contains("salesforce.status"), "{error}");
-        assert_eq!(faults.settings().dataverse.fail_next, 2, "failed merge changed nothing");
+        assert_eq!(
+            faults.settings().dataverse.fail_next,
+            2,
+            "failed merge changed nothing"
+        );
     }
 
     #[test]
@@ -476,7 +482,10 @@ mod tests {
         let mut rng = Rng::new(1);
         assert_eq!(
             faults.decide(Api::PartnerCenter, &mut rng),
-            Some(Injected::Error { status: StatusCode::TOO_MANY_REQUESTS, retry_after_seconds: 7 })
+            Some(Injected::Error {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                retry_after_seconds: 7
+            })
         );
         assert_eq!(faults.decide(Api::PartnerCenter, &mut rng), None);
     }
@@ -487,16 +496,31 @@ mod tests {
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         for i in 0..3 {
             assert_eq!(
-                sliding_window(&mut calls, start + Duration::from_secs(i), Duration::from_secs(10), 3),
+                sliding_window(
+                    &mut calls,
+                    start + Duration::from_secs(i),
+                    Duration::from_secs(10),
+                    3
+                ),
                 None
             );
         }
         assert_eq!(
-            sliding_window(&mut calls, start + Duration::from_secs(4), Duration::from_secs(10), 3),
+            sliding_window(
+                &mut calls,
+                start + Duration::from_secs(4),
+                Duration::from_secs(10),
+                3
+            ),
             Some(6)
         );
         assert_eq!(
-            sliding_window(&mut calls, start + Duration::from_secs(10), Duration::from_secs(10), 3),
+            sliding_window(
+                &mut calls,
+                start + Duration::from_secs(10),
+                Duration::from_secs(10),
+                3
+            ),
             None,
             "the first call left the window"
         );

@@ -429,7 +429,9 @@ impl Sandbox {
         self.partner_center
             .restore(part("partner_center"))
             .context("partner_center")?;
-        self.webhooks.restore(part("webhooks")).context("webhooks")?;
+        self.webhooks
+            .restore(part("webhooks"))
+            .context("webhooks")?;
         self.dataverse
             .restore(part("dataverse"))
             .context("dataverse")?;
@@ -568,7 +570,10 @@ fn save_state(state: &Sandbox) -> anyhow::Result<()> {
     if !state.dirty.swap(false, Ordering::AcqRel) {
         return Ok(());
     }
-    write_atomically(&dir.join(STATE_FILE), state.snapshot().to_string().as_bytes())
+    write_atomically(
+        &dir.join(STATE_FILE),
+        state.snapshot().to_string().as_bytes(),
+    )
 }
 
 /// Writes through a temporary file and a rename, so a crash never leaves half a file.
@@ -651,7 +656,10 @@ async fn gate(State(sandbox): State<Arc<Sandbox>>, request: Request, next: Next)
         return next.run(request).await;
     };
 
-    let latency = sandbox.faults.latency(api).unwrap_or(sandbox.options.latency);
+    let latency = sandbox
+        .faults
+        .latency(api)
+        .unwrap_or(sandbox.options.latency);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -691,7 +699,9 @@ async fn gate(State(sandbox): State<Arc<Sandbox>>, request: Request, next: Next)
     } else {
         Some(response.status().as_u16())
     };
-    sandbox.stats.record(api, method.as_str(), &endpoint, status);
+    sandbox
+        .stats
+        .record(api, method.as_str(), &endpoint, status);
     response
 }
 
@@ -777,7 +787,8 @@ fn injected_error(api: Api, status: StatusCode, retry_after_seconds: u64) -> Res
         _ => api.error(status, "server_error", "Injected failure."),
     };
     // Salesforce sends no Retry-After (its limits are daily); the others do on 429/503.
-    if api != Api::Salesforce && matches!(status.as_u16(), 429 | 503)
+    if api != Api::Salesforce
+        && matches!(status.as_u16(), 429 | 503)
         && let Ok(value) = HeaderValue::from_str(&retry_after_seconds.to_string())
     {
         response.headers_mut().insert(header::RETRY_AFTER, value);
@@ -845,20 +856,22 @@ async fn serve_connection<I>(io: I, app: Router)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-        let app = app.clone();
-        async move {
-            let response = app
-                .oneshot(request.map(Body::new))
-                .await
-                .unwrap_or_else(|never| match never {});
-            if response.extensions().get::<ResetConnection>().is_some() {
-                Err(ConnectionReset)
-            } else {
-                Ok(response)
+    let service =
+        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let app = app.clone();
+            async move {
+                let response = app
+                    .oneshot(request.map(Body::new))
+                    .await
+                    .unwrap_or_else(|never| match never {});
+                if response.extensions().get::<ResetConnection>().is_some() {
+                    Err(ConnectionReset)
+                } else {
+                    Ok(response)
+                }
             }
-        }
-    });
-    let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        });
+    let builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     let _ = builder.serve_connection(io, service).await;
 }

@@ -37,12 +37,30 @@ pub struct Person {
 }
 
 const STEMS: &[&str] = &[
-    "Contoso", "Fabrikam", "Northwind", "Adventure Works", "Tailspin", "Wingtip", "Litware",
-    "Proseware", "Woodgrove", "Alpine Ski House", "Coho Winery", "Fourth Coffee", "Humongous",
-    "Lucerne", "Margie's Travel", "Trey Research", "Wide World Importers", "Blue Yonder",
-    "Relecloud", "Graphic Design Institute",
+    "Contoso",
+    "Fabrikam",
+    "Northwind",
+    "Adventure Works",
+    "Tailspin",
+    "Wingtip",
+    "Litware",
+    "Proseware",
+    "Woodgrove",
+    "Alpine Ski House",
+    "Coho Winery",
+    "Fourth Coffee",
+    "Humongous",
+    "Lucerne",
+    "Margie's Travel",
+    "Trey Research",
+    "Wide World Importers",
+    "Blue Yonder",
+    "Relecloud",
+    "Graphic Design Institute",
 ];
-const SUFFIXES: &[&str] = &["Inc", "Ltd", "GmbH", "B.V.", "LLC", "SA", "Group", "Holdings"];
+const SUFFIXES: &[&str] = &[
+    "Inc", "Ltd", "GmbH", "B.V.", "LLC", "SA", "Group", "Holdings",
+];
 const PLACES: &[(&str, &str, &str, &str, &str)] = &[
     // city, state, postal code prefix, ISO code, country name
     ("Redmond", "WA", "980", "US", "United States"),
@@ -62,10 +80,16 @@ const FIRST: &[&str] = &[
     "Sue", "Joe", "Ana", "Raj", "Mia", "Lars", "Ines", "Tom", "Yuki", "Omar", "Eva", "Noah",
 ];
 const LAST: &[&str] = &[
-    "Smith", "Hansen", "Garcia", "Patel", "Jansen", "Müller", "Dubois", "Sato", "Khan",
-    "Rossi", "Novak", "Brown",
+    "Smith", "Hansen", "Garcia", "Patel", "Jansen", "Müller", "Dubois", "Sato", "Khan", "Rossi",
+    "Novak", "Brown",
 ];
-const STREETS: &[&str] = &["Main Street", "Market Street", "Harbour Road", "Station Road", "Park Avenue"];
+const STREETS: &[&str] = &[
+    "Main Street",
+    "Market Street",
+    "Harbour Road",
+    "Station Road",
+    "Park Avenue",
+];
 
 /// The `index`-th company. Deterministic in `index` alone, so emulators seeded with the
 /// same index produce the same customer.
@@ -101,7 +125,10 @@ pub fn person(rng: &mut Rng, company: &Company) -> Person {
         email: format!(
             "{}.{}@{domain}.example",
             first.to_ascii_lowercase(),
-            last.chars().filter(char::is_ascii_alphabetic).collect::<String>().to_ascii_lowercase()
+            last.chars()
+                .filter(char::is_ascii_alphabetic)
+                .collect::<String>()
+                .to_ascii_lowercase()
         ),
         phone: format!("+1 425 555 {:04}", rng.below(10_000)),
     }
