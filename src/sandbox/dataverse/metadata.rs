@@ -121,7 +121,10 @@ fn attribute(table: &Table, column: &ColumnDef, with_options: bool) -> Map<Strin
     let mut out = Map::new();
     out.insert(
         "@odata.type".into(),
-        json!(format!("#Microsoft.Dynamics.CRM.{}", attribute_type(column))),
+        json!(format!(
+            "#Microsoft.Dynamics.CRM.{}",
+            attribute_type(column)
+        )),
     );
     out.insert(
         "MetadataId".into(),
@@ -150,9 +153,14 @@ fn attribute(table: &Table, column: &ColumnDef, with_options: bool) -> Map<Strin
     );
     out.insert("IsValidForUpdate".into(), json!(!column.read_only));
     out.insert("IsValidForRead".into(), json!(true));
-    out.insert("IsCustomAttribute".into(), json!(column.name.contains('_')
-        && !column.name.starts_with("address1_")
-        && !column.name.starts_with("msdyn_")));
+    out.insert(
+        "IsCustomAttribute".into(),
+        json!(
+            column.name.contains('_')
+                && !column.name.starts_with("address1_")
+                && !column.name.starts_with("msdyn_")
+        ),
+    );
     if let Some(max) = column.max_length {
         out.insert("MaxLength".into(), json!(max));
     }
@@ -169,7 +177,13 @@ fn attribute(table: &Table, column: &ColumnDef, with_options: bool) -> Map<Strin
     if column.kind.is_lookup() {
         out.insert(
             "Targets".into(),
-            json!(column.targets.iter().map(|t| t.table.clone()).collect::<Vec<_>>()),
+            json!(
+                column
+                    .targets
+                    .iter()
+                    .map(|t| t.table.clone())
+                    .collect::<Vec<_>>()
+            ),
         );
     }
     if with_options && column.kind == ColumnType::Picklist {
@@ -202,10 +216,7 @@ fn attribute(table: &Table, column: &ColumnDef, with_options: bool) -> Map<Strin
 
 /// Applies `$select` (keeping `MetadataId` and `@odata.type`, as the service does) and
 /// `$filter` to metadata objects.
-fn query_metadata(
-    call: &Call<'_>,
-    items: Vec<Map<String, Value>>,
-) -> Result<Vec<Value>, DvError> {
+fn query_metadata(call: &Call<'_>, items: Vec<Map<String, Value>>) -> Result<Vec<Value>, DvError> {
     let filter = match call.option("$filter") {
         Some(text) => Some(
             odata::parse_filter(&text)
@@ -222,7 +233,10 @@ fn query_metadata(
     let mut out = Vec::new();
     for item in items {
         let value = Value::Object(item);
-        if filter.as_ref().is_some_and(|f| !f.matches(&value, &options)) {
+        if filter
+            .as_ref()
+            .is_some_and(|f| !f.matches(&value, &options))
+        {
             continue;
         }
         let Value::Object(mut item) = value else {
@@ -354,9 +368,10 @@ pub fn entity_definitions(
                         }
                         _ => None,
                     },
-                    Some(Locator::Id(id)) => table.columns().iter().find(|c| {
-                        stable_guid(&format!("{}.{}", table.logical(), c.name)) == id
-                    }),
+                    Some(Locator::Id(id)) => table
+                        .columns()
+                        .iter()
+                        .find(|c| stable_guid(&format!("{}.{}", table.logical(), c.name)) == id),
                     None => None,
                 };
                 let Some(column) = column else {
@@ -372,7 +387,10 @@ pub fn entity_definitions(
                 let mut item = attribute(table, column, true);
                 item.insert(
                     "@odata.context".into(),
-                    json!(format!("{root}/$metadata#EntityDefinitions({})/Attributes/$entity", stable_guid(table.logical()))),
+                    json!(format!(
+                        "{root}/$metadata#EntityDefinitions({})/Attributes/$entity",
+                        stable_guid(table.logical())
+                    )),
                 );
                 Ok(json_response(StatusCode::OK, &Value::Object(item)))
             }

@@ -158,9 +158,11 @@ impl State {
                 };
                 // Seed data is generated to be valid; a failure would be a bug in this
                 // function, logged rather than fatal.
-                if let Err(error) = create(&self.schema, &mut store, table, &body, None, &now, || {
-                    String::new()
-                }) {
+                if let Err(error) =
+                    create(&self.schema, &mut store, table, &body, None, &now, || {
+                        String::new()
+                    })
+                {
                     tracing::warn!(%set, "seeding failed: {}", error.message);
                 }
             }
@@ -314,7 +316,10 @@ impl Call<'_> {
     }
 
     fn header(&self, name: header::HeaderName) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
     }
 
     /// The body as a JSON object, after the Content-Type check.
@@ -339,12 +344,12 @@ impl Call<'_> {
             )),
             Err(error) if self.body.iter().all(u8::is_ascii_whitespace) => {
                 let _ = error;
-                Err(DvError::payload(table, "The request body is empty; a JSON object was expected."))
+                Err(DvError::payload(
+                    table,
+                    "The request body is empty; a JSON object was expected.",
+                ))
             }
-            Err(error) => Err(DvError::payload(
-                table,
-                &format!("Invalid JSON. {error}"),
-            )),
+            Err(error) => Err(DvError::payload(table, &format!("Invalid JSON. {error}"))),
         }
     }
 }
@@ -463,7 +468,9 @@ fn finish(mut response: Response, template: &str) -> Response {
             HeaderValue::from_static("application/json; odata.metadata=minimal"),
         );
     }
-    response.extensions_mut().insert(Endpoint(template.to_owned()));
+    response
+        .extensions_mut()
+        .insert(Endpoint(template.to_owned()));
     response
 }
 
@@ -501,7 +508,9 @@ fn dispatch(call: &Call<'_>, resource: &str) -> (String, Result<Response, DvErro
             "(invalid)".into(),
             Err(DvError::bad_request(
                 "0x80060888",
-                &format!("Bad Request - Error in query syntax: the path '{resource}' is not a valid OData path."),
+                &format!(
+                    "Bad Request - Error in query syntax: the path '{resource}' is not a valid OData path."
+                ),
             )),
         );
     };
@@ -597,7 +606,9 @@ fn dispatch(call: &Call<'_>, resource: &str) -> (String, Result<Response, DvErro
 fn bad_key(key: &str) -> DvError {
     DvError::bad_request(
         "0x80060888",
-        &format!("Bad Request - Error in query syntax: '{key}' is not a valid key; expected a GUID or name='value' pairs."),
+        &format!(
+            "Bad Request - Error in query syntax: '{key}' is not a valid key; expected a GUID or name='value' pairs."
+        ),
     )
 }
 
@@ -615,7 +626,10 @@ fn check_locator(table: &Table, locator: &Locator) -> Result<(), DvError> {
     };
     let known = table.def.alternate_keys.iter().any(|key| {
         key.columns.len() == pairs.len()
-            && key.columns.iter().all(|c| pairs.iter().any(|(n, _)| n == c))
+            && key
+                .columns
+                .iter()
+                .all(|c| pairs.iter().any(|(n, _)| n == c))
     });
     if known {
         return Ok(());
@@ -645,7 +659,13 @@ fn create(
     let changes = write::prepare(schema, store, table, body, Mode::Create, Context::default())?;
     let id = id
         .map(str::to_owned)
-        .or_else(|| changes.set.get(table.id()).and_then(Value::as_str).map(str::to_owned))
+        .or_else(|| {
+            changes
+                .set
+                .get(table.id())
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(fallback_id)
         .to_ascii_lowercase();
@@ -750,8 +770,15 @@ fn create_call(call: &Call<'_>, state: &State, table: &Table) -> Result<Response
     })?;
     call.sandbox.changed();
     if call.prefer.representation {
-        let mut response =
-            entity_response(call, state, &store, table, &row, StatusCode::CREATED, &shape);
+        let mut response = entity_response(
+            call,
+            state,
+            &store,
+            table,
+            &row,
+            StatusCode::CREATED,
+            &shape,
+        );
         preference_applied(call, &mut response, true);
         return Ok(response);
     }
@@ -807,7 +834,10 @@ enum Condition<'a> {
 }
 
 fn condition<'a>(call: &'a Call<'_>) -> Condition<'a> {
-    match (call.header(header::IF_MATCH), call.header(header::IF_NONE_MATCH)) {
+    match (
+        call.header(header::IF_MATCH),
+        call.header(header::IF_NONE_MATCH),
+    ) {
         (Some("*"), _) => Condition::Exists,
         (Some(tag), _) => Condition::Version(tag),
         (None, Some("*")) => Condition::Absent,
@@ -1215,14 +1245,22 @@ fn reference_call(
 
 /// `CreateMultiple`, `UpdateMultiple`, `UpsertMultiple`: all-or-nothing.
 fn bulk(call: &Call<'_>, state: &State, table: &Table, action: &str) -> Result<Response, DvError> {
-    if !matches!(action, "CreateMultiple" | "UpdateMultiple" | "UpsertMultiple") {
-        return Err(DvError::no_segment(&format!("Microsoft.Dynamics.CRM.{action}")));
+    if !matches!(
+        action,
+        "CreateMultiple" | "UpdateMultiple" | "UpsertMultiple"
+    ) {
+        return Err(DvError::no_segment(&format!(
+            "Microsoft.Dynamics.CRM.{action}"
+        )));
     }
     let body = call.json_body(table)?;
     let Some(Value::Array(targets)) = body.get("Targets") else {
         return Err(DvError::bad_request(
             "0x80040203",
-            &format!("{action}: the request body needs a 'Targets' array of {} records.", table.logical()),
+            &format!(
+                "{action}: the request body needs a 'Targets' array of {} records.",
+                table.logical()
+            ),
         ));
     };
     let mut store = lock(&state.store);
@@ -1232,16 +1270,25 @@ fn bulk(call: &Call<'_>, state: &State, table: &Table, action: &str) -> Result<R
     for target in targets {
         let Value::Object(record) = target else {
             rollback(&state.schema, &mut store, undo);
-            return Err(DvError::payload(table, "Each item of 'Targets' must be an object."));
+            return Err(DvError::payload(
+                table,
+                "Each item of 'Targets' must be an object.",
+            ));
         };
         let mut record = record.clone();
         let reference = record.remove("@odata.id");
         let outcome = match action {
             "CreateMultiple" => {
                 let now = call.sandbox.now_dataverse();
-                create(&state.schema, &mut store, table, &record, None, &now, || {
-                    call.sandbox.new_guid()
-                })
+                create(
+                    &state.schema,
+                    &mut store,
+                    table,
+                    &record,
+                    None,
+                    &now,
+                    || call.sandbox.new_guid(),
+                )
                 .map(|(id, _)| {
                     undo.push((table.logical().to_owned(), id.clone(), None));
                     Upserted {
@@ -1259,7 +1306,10 @@ fn bulk(call: &Call<'_>, state: &State, table: &Table, action: &str) -> Result<R
                         .ok_or_else(|| {
                             DvError::bad_request(
                                 "0x80040203",
-                                &format!("'@odata.id' '{text}' does not name a {} record.", table.logical()),
+                                &format!(
+                                    "'@odata.id' '{text}' does not name a {} record.",
+                                    table.logical()
+                                ),
                             )
                         }),
                     None => record
@@ -1272,7 +1322,11 @@ fn bulk(call: &Call<'_>, state: &State, table: &Table, action: &str) -> Result<R
                                 &format!(
                                     "{action}: each target needs its primary key '{}'{}.",
                                     table.id(),
-                                    if action == "UpsertMultiple" { " or '@odata.id'" } else { "" }
+                                    if action == "UpsertMultiple" {
+                                        " or '@odata.id'"
+                                    } else {
+                                        ""
+                                    }
                                 ),
                             )
                         }),

@@ -202,7 +202,10 @@ mod tests {
         assert_eq!(s.len(), 1);
         assert_eq!(
             locator(s[0].key.as_deref().unwrap()),
-            Some(Locator::Key(vec![("cosell_referralid".into(), json!("a/b'c"))]))
+            Some(Locator::Key(vec![(
+                "cosell_referralid".into(),
+                json!("a/b'c")
+            )]))
         );
         assert!(segments("accounts(").is_none());
     }
@@ -219,9 +222,15 @@ mod tests {
                 )
             ]))
         );
-        assert_eq!(locator("k='it''s'"), Some(Locator::Key(vec![("k".into(), json!("it's"))])));
+        assert_eq!(
+            locator("k='it''s'"),
+            Some(Locator::Key(vec![("k".into(), json!("it's"))]))
+        );
         assert_eq!(locator("k='bad'quote'"), None);
-        assert_eq!(locator("k2=2"), Some(Locator::Key(vec![("k2".into(), json!(2))])));
+        assert_eq!(
+            locator("k2=2"),
+            Some(Locator::Key(vec![("k2".into(), json!(2))]))
+        );
         let id = "00000000-0000-0000-0000-000000000001";
         for text in [
             format!("/accounts({id})"),

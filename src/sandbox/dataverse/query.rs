@@ -103,7 +103,10 @@ fn parse_query(call: &Call<'_>, state: &State, table: &Table) -> Result<Query, D
     let mut seen: Vec<&str> = Vec::new();
     for (name, _) in &options {
         if !name.starts_with('$') {
-            if matches!(name.as_str(), "fetchXml" | "savedQuery" | "userQuery" | "sql") {
+            if matches!(
+                name.as_str(),
+                "fetchXml" | "savedQuery" | "userQuery" | "sql"
+            ) {
                 return Err(option_error(format!(
                     "The query parameter '{name}' is not supported by the sandbox; use OData query options."
                 )));
@@ -149,8 +152,7 @@ fn parse_query(call: &Call<'_>, state: &State, table: &Table) -> Result<Query, D
                 if table.by_property(&property).is_some() {
                     continue;
                 }
-                if table.navigation(&property).is_some() || table.collection(&property).is_some()
-                {
+                if table.navigation(&property).is_some() || table.collection(&property).is_some() {
                     return Err(option_error(format!(
                         "Filtering through the navigation property '{property}' is not supported by the sandbox; filter on '_{property}_value' or query the related table."
                     )));

@@ -146,7 +146,10 @@ pub fn parse_expand(schema: &Schema, table: &Table, text: &str) -> Result<Vec<Ex
             Some(open) => (
                 item[..open].trim(),
                 item[open + 1..].strip_suffix(')').ok_or_else(|| {
-                    DvError::bad_request("0x80060888", &format!("Syntax error in $expand '{text}'."))
+                    DvError::bad_request(
+                        "0x80060888",
+                        &format!("Syntax error in $expand '{text}'."),
+                    )
                 })?,
             ),
             None => (item, ""),
@@ -204,7 +207,9 @@ pub fn parse_expand(schema: &Schema, table: &Table, text: &str) -> Result<Vec<Ex
 pub fn etag(row: &Value) -> String {
     format!(
         "W/\"{}\"",
-        row.get("versionnumber").and_then(Value::as_u64).unwrap_or(0)
+        row.get("versionnumber")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
     )
 }
 
@@ -246,7 +251,9 @@ fn formatted(
             .as_i64()
             .and_then(|v| column.option(v))
             .map(|o| o.label.clone()),
-        ColumnType::Boolean => value.as_bool().map(|b| if b { "Yes" } else { "No" }.to_owned()),
+        ColumnType::Boolean => value
+            .as_bool()
+            .map(|b| if b { "Yes" } else { "No" }.to_owned()),
         ColumnType::Lookup | ColumnType::Customer => {
             let target = row
                 .get(format!("{}{LOOKUP_TABLE}", column.property()))
@@ -275,9 +282,13 @@ fn formatted(
                 .as_f64()
                 .map(|v| format_money(v, symbol, usize::try_from(precision).unwrap_or(2)))
         }
-        ColumnType::Integer | ColumnType::BigInt => value
-            .as_i64()
-            .map(|v| format!("{}{}", if v < 0 { "-" } else { "" }, thousands(v.unsigned_abs()))),
+        ColumnType::Integer | ColumnType::BigInt => value.as_i64().map(|v| {
+            format!(
+                "{}{}",
+                if v < 0 { "-" } else { "" },
+                thousands(v.unsigned_abs())
+            )
+        }),
         ColumnType::DateOnly | ColumnType::DateTime => {
             let t = DateTime::parse(value.as_str()?)?;
             if column.kind == ColumnType::DateOnly {
@@ -310,10 +321,7 @@ pub fn shape_row(
     let mut out = Map::new();
     out.insert("@odata.etag".into(), json!(etag(row)));
     let selected: Vec<&ColumnDef> = match &shape.select {
-        Some(select) => select
-            .iter()
-            .filter_map(|p| table.by_property(p))
-            .collect(),
+        Some(select) => select.iter().filter_map(|p| table.by_property(p)).collect(),
         None => table.columns().iter().collect(),
     };
     for column in selected {
@@ -358,9 +366,11 @@ pub fn shape_row(
                     schema.table(related_table),
                     row.get(property).and_then(Value::as_str),
                 ) {
-                    (Some(t), Some(id)) if related_table == target => store
-                        .get(t, id)
-                        .map_or(Value::Null, |r| Value::Object(shape_row(schema, store, t, r, &inner))),
+                    (Some(t), Some(id)) if related_table == target => {
+                        store.get(t, id).map_or(Value::Null, |r| {
+                            Value::Object(shape_row(schema, store, t, r, &inner))
+                        })
+                    }
                     _ => Value::Null,
                 }
             }

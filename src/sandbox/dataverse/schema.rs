@@ -306,7 +306,9 @@ impl Table {
 
     /// A column by JSON property name (`name`, `_parentaccountid_value`).
     pub fn by_property(&self, property: &str) -> Option<&ColumnDef> {
-        self.by_property.get(property).map(|i| &self.def.columns[*i])
+        self.by_property
+            .get(property)
+            .map(|i| &self.def.columns[*i])
     }
 
     /// A single-valued navigation property: the lookup column and the target table.
@@ -363,14 +365,28 @@ impl Schema {
             let mut system = vec![ColumnDef::system(
                 &def.primary_id,
                 ColumnType::UniqueIdentifier,
-                &def.display_name.clone().unwrap_or_else(|| def.logical_name.clone()),
+                &def.display_name
+                    .clone()
+                    .unwrap_or_else(|| def.logical_name.clone()),
             )];
             // The primary id may be supplied on create (Dataverse allows it).
             system[0].read_only = false;
             system[0].valid_for_create = true;
-            system.push(ColumnDef::system("createdon", ColumnType::DateTime, "Created On"));
-            system.push(ColumnDef::system("modifiedon", ColumnType::DateTime, "Modified On"));
-            system.push(ColumnDef::system("versionnumber", ColumnType::BigInt, "Version Number"));
+            system.push(ColumnDef::system(
+                "createdon",
+                ColumnType::DateTime,
+                "Created On",
+            ));
+            system.push(ColumnDef::system(
+                "modifiedon",
+                ColumnType::DateTime,
+                "Modified On",
+            ));
+            system.push(ColumnDef::system(
+                "versionnumber",
+                ColumnType::BigInt,
+                "Version Number",
+            ));
             system.append(&mut def.columns);
             def.columns = system;
             let mut by_name = HashMap::new();
@@ -434,11 +450,13 @@ impl Schema {
                 }
             }
             for collection in &table.def.collections {
-                let child = schema
-                    .table(&collection.table)
-                    .with_context(|| format!("collection {} names an unknown table", collection.name))?;
+                let child = schema.table(&collection.table).with_context(|| {
+                    format!("collection {} names an unknown table", collection.name)
+                })?;
                 anyhow::ensure!(
-                    child.column(&collection.lookup).is_some_and(|c| c.kind.is_lookup()),
+                    child
+                        .column(&collection.lookup)
+                        .is_some_and(|c| c.kind.is_lookup()),
                     "collection {}: {} is not a lookup of {}",
                     collection.name,
                     collection.lookup,
@@ -476,11 +494,16 @@ mod tests {
         assert_eq!(opportunity.id(), "opportunityid");
         assert!(opportunity.column("cosell_referralid").is_some());
         assert_eq!(
-            opportunity.navigation("customerid_account").map(|(c, t)| (c.name.as_str(), t)),
+            opportunity
+                .navigation("customerid_account")
+                .map(|(c, t)| (c.name.as_str(), t)),
             Some(("customerid", "account"))
         );
         assert!(opportunity.by_property("_parentaccountid_value").is_some());
-        assert_eq!(schema.table("transactioncurrency").unwrap().def.rows.len(), 7);
+        assert_eq!(
+            schema.table("transactioncurrency").unwrap().def.rows.len(),
+            7
+        );
     }
 
     #[test]

@@ -289,7 +289,11 @@ impl Store {
                 continue;
             };
             for row in rows {
-                anyhow::ensure!(row.is_object(), "{}: a row is not an object", table.logical());
+                anyhow::ensure!(
+                    row.is_object(),
+                    "{}: a row is not an object",
+                    table.logical()
+                );
                 store
                     .insert(table, row.clone())
                     .map_err(|e| anyhow::anyhow!("{}: {}", table.logical(), e.message))?;

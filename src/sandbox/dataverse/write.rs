@@ -85,9 +85,7 @@ pub fn prepare(
             continue;
         }
         // Lookup values (`_x_value`) are read-only views of the navigation property.
-        if key.starts_with('_')
-            && table.by_property(key).is_some_and(|c| c.kind.is_lookup())
-        {
+        if key.starts_with('_') && table.by_property(key).is_some_and(|c| c.kind.is_lookup()) {
             return Err(DvError::bad_request(
                 "0x80048d19",
                 "CRM do not support direct update of Entity Reference properties, Use Navigation properties instead.",
@@ -172,7 +170,9 @@ pub fn prepare(
 
 fn clear_lookup(column: &ColumnDef, changes: &mut Changes) {
     let property = column.property();
-    changes.set.insert(format!("{property}{LOOKUP_TABLE}"), Value::Null);
+    changes
+        .set
+        .insert(format!("{property}{LOOKUP_TABLE}"), Value::Null);
     changes.set.insert(property, Value::Null);
 }
 
@@ -203,7 +203,9 @@ fn bind(
         _ => {
             return Err(DvError::payload(
                 table,
-                &format!("The value of '{navigation}@odata.bind' must be a string URL of the related record."),
+                &format!(
+                    "The value of '{navigation}@odata.bind' must be a string URL of the related record."
+                ),
             ));
         }
     };
@@ -213,7 +215,10 @@ fn bind(
     let Some((set, locator)) = parse_reference(reference) else {
         return Err(DvError::bad_request(
             "0x80060891",
-            &format!("URL '{reference}' in '{navigation}@odata.bind' is not a valid reference to a record: expected '/{}(<id>)'.", target.set()),
+            &format!(
+                "URL '{reference}' in '{navigation}@odata.bind' is not a valid reference to a record: expected '/{}(<id>)'.",
+                target.set()
+            ),
         ));
     };
     if set != target.set() {
@@ -485,7 +490,9 @@ fn state_and_status(
     };
     let state = row.get("statecode").and_then(Value::as_i64);
     let status = row.get("statuscode").and_then(Value::as_i64);
-    let status_state = status.and_then(|s| status_column.option(s)).and_then(|o| o.state);
+    let status_state = status
+        .and_then(|s| status_column.option(s))
+        .and_then(|o| o.state);
     match (state, status) {
         (Some(state), Some(status)) if status_given && state_given => {
             if status_state.is_some_and(|s| s != state) {
