@@ -68,14 +68,12 @@ pub fn segments(path: &str) -> Option<Vec<Segment>> {
 fn key_value(text: &str) -> Option<Value> {
     let text = text.trim();
     if let Some(inner) = text.strip_prefix('\'').and_then(|t| t.strip_suffix('\'')) {
-        // Single quotes inside must come in pairs.
         let mut out = String::new();
         let mut chars = inner.chars().peekable();
         while let Some(c) = chars.next() {
-            if c == '\'' {
-                if chars.next() != Some('\'') {
-                    return None;
-                }
+            // Single quotes inside must come in pairs.
+            if c == '\'' && chars.next() != Some('\'') {
+                return None;
             }
             out.push(c);
         }

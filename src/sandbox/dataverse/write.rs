@@ -494,21 +494,22 @@ fn state_and_status(
         .and_then(|s| status_column.option(s))
         .and_then(|o| o.state);
     match (state, status) {
-        (Some(state), Some(status)) if status_given && state_given => {
-            if status_state.is_some_and(|s| s != state) {
-                let state_label = state_column.option(state).map_or("", |o| o.label.as_str());
-                return Err(DvError::bad_request(
-                    "0x8004431a",
-                    &format!(
-                        "{status} is not a valid status code for state code {}State.{} on {} with Id {}.",
-                        table.logical(),
-                        state_label.replace(' ', ""),
-                        table.logical(),
-                        row.get(table.id()).and_then(Value::as_str).unwrap_or("")
-                    ),
-                ));
-            }
+        (Some(state), Some(status))
+            if status_given && state_given && status_state.is_some_and(|s| s != state) =>
+        {
+            let state_label = state_column.option(state).map_or("", |o| o.label.as_str());
+            return Err(DvError::bad_request(
+                "0x8004431a",
+                &format!(
+                    "{status} is not a valid status code for state code {}State.{} on {} with Id {}.",
+                    table.logical(),
+                    state_label.replace(' ', ""),
+                    table.logical(),
+                    row.get(table.id()).and_then(Value::as_str).unwrap_or("")
+                ),
+            ));
         }
+        (Some(_), Some(_)) if status_given && state_given => {}
         (_, Some(_)) if status_given => {
             if let Some(s) = status_state {
                 row.insert("statecode".into(), json!(s));
