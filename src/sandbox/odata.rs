@@ -584,8 +584,8 @@ fn compare(op: CmpOp, a: &Val<'_>, b: &Val<'_>, options: &MatchOptions) -> bool 
         (Val::DateTime(x), Val::Str(s)) => DateTime::parse(s).map(|y| compare_datetimes(x, &y)),
         (Val::Str(s), Val::DateTime(y)) => DateTime::parse(s).map(|x| compare_datetimes(&x, y)),
         // GUIDs are case-insensitive whatever the string options say.
-        (Val::Guid(x), Val::Guid(y)) => Some(x.to_ascii_lowercase().cmp(&y.to_ascii_lowercase())),
-        (Val::Guid(x), Val::Str(y)) | (Val::Str(y), Val::Guid(x)) => {
+        (Val::Guid(_), Val::Str(_) | Val::Guid(_)) | (Val::Str(_), Val::Guid(_)) => {
+            let (x, y) = (as_text(a).unwrap_or(""), as_text(b).unwrap_or(""));
             Some(x.to_ascii_lowercase().cmp(&y.to_ascii_lowercase()))
         }
         (Val::Str(x), Val::Str(y)) => Some(compare_strings(x, y, options)),
