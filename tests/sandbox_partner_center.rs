@@ -874,3 +874,22 @@ async fn referral_changes_fire_the_registered_webhook_events() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(fetched["trackingInfo"]["microsoftMsxId"], "7-XYZ");
 }
+
+#[tokio::test]
+async fn stats_record_peak_concurrency_and_rate() {
+    let handle = start().await;
+    let pc = Pc::new(&handle).await;
+    pc.control(
+        "/_sandbox/faults",
+        &json!({"partner_center": {"latency_ms": 200}}),
+    )
+    .await;
+    let calls = (0..6).map(|_| pc.get("/v1.0/engagements/referrals"));
+    let results = futures_util::future::join_all(calls).await;
+    assert!(results.iter().all(|(status, _)| *status == StatusCode::OK));
+    let (_, stats) = pc.get_url(&pc.url("/_sandbox/stats")).await;
+    let api = &stats["apis"]["partner_center"];
+    assert_eq!(api["max_in_flight"], 6, "{api}");
+    assert_eq!(api["peak_per_second"], 6, "{api}");
+    assert_eq!(api["peak_per_minute"], 6, "{api}");
+}

@@ -63,6 +63,27 @@ pub struct ApiFaults {
     pub reset_next: u64,
     /// Fraction (0–1) of calls whose connection is dropped without an answer.
     pub reset_rate: f64,
+    /// Further failure mixes drawn independently of `error_rate`, e.g. 20 % 429 with
+    /// `Retry-After: 1` plus 10 % 503: `[{"rate":0.2,"status":429,"retry_after_seconds":1},
+    /// {"rate":0.1,"status":503}]`. The rates of one call add up (at most 1 in total).
+    pub errors: Vec<ErrorMix>,
+}
+
+/// One kind of injected failure and how often it happens.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorMix {
+    /// Fraction (0–1) of calls answered with `status`.
+    pub rate: f64,
+    /// 429, 500 or 503.
+    pub status: u16,
+    /// `Retry-After` seconds for 429 and 503 (default 1).
+    #[serde(default = "one")]
+    pub retry_after_seconds: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl Default for ApiFaults {
@@ -75,6 +96,7 @@ impl Default for ApiFaults {
             retry_after_seconds: 1,
             reset_next: 0,
             reset_rate: 0.0,
+            errors: Vec::new(),
         }
     }
 }
@@ -217,6 +239,21 @@ impl Faults {
                     .unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
                 retry_after_seconds: faults.retry_after_seconds,
             });
+        }
+        if !faults.errors.is_empty() {
+            // One draw for the whole mix, so the rates partition the calls.
+            let draw = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            let mut cumulative = 0.0;
+            for mix in &faults.errors {
+                cumulative += mix.rate;
+                if draw < cumulative {
+                    return Some(Injected::Error {
+                        status: StatusCode::from_u16(mix.status)
+                            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                        retry_after_seconds: mix.retry_after_seconds,
+                    });
+                }
+            }
         }
         if rng.chance(faults.reset_rate) {
             return Some(Injected::Reset);
@@ -400,9 +437,21 @@ fn validate(settings: &FaultSettings) -> Result<(), String> {
                 faults.status
             ));
         }
+        let mut mixed = 0.0;
+        for (index, mix) in faults.errors.iter().enumerate() {
+            if !matches!(mix.status, 429 | 500 | 503) {
+                return Err(format!(
+                    "{}.errors[{index}].status: {} is not one of 429, 500, 503",
+                    api.name(),
+                    mix.status
+                ));
+            }
+            mixed += mix.rate;
+        }
         for (name, rate) in [
             ("error_rate", faults.error_rate),
             ("reset_rate", faults.reset_rate),
+            ("errors (sum of rates)", mixed),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!(
@@ -488,6 +537,33 @@ mod tests {
             })
         );
         assert_eq!(faults.decide(Api::PartnerCenter, &mut rng), None);
+    }
+
+    #[test]
+    fn error_mixes_partition_the_calls() {
+        let faults = Faults::default();
+        faults
+            .merge(&serde_json::json!({"dataverse": {"errors": [
+                {"rate": 0.2, "status": 429, "retry_after_seconds": 1},
+                {"rate": 0.1, "status": 503}
+            ]}}))
+            .unwrap();
+        let mut rng = Rng::new(7);
+        let (mut throttled, mut unavailable) = (0, 0);
+        for _ in 0..10_000 {
+            match faults.decide(Api::Dataverse, &mut rng) {
+                Some(Injected::Error { status, .. }) if status == 429 => throttled += 1,
+                Some(Injected::Error { status, .. }) if status == 503 => unavailable += 1,
+                None => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!((1800..2200).contains(&throttled), "{throttled}");
+        assert!((850..1150).contains(&unavailable), "{unavailable}");
+        let error = faults
+            .merge(&serde_json::json!({"dataverse": {"errors": [{"rate": 0.8, "status": 429}, {"rate": 0.5, "status": 503}]}}))
+            .unwrap_err();
+        assert!(error.contains("sum of rates"), "{error}");
     }
 
     #[test]

@@ -668,6 +668,7 @@ async fn gate(State(sandbox): State<Arc<Sandbox>>, request: Request, next: Next)
         return next.run(request).await;
     };
 
+    let in_flight = sandbox.stats.enter(api);
     let latency = sandbox
         .faults
         .latency(api)
@@ -718,6 +719,7 @@ async fn gate(State(sandbox): State<Arc<Sandbox>>, request: Request, next: Next)
     sandbox
         .stats
         .record(api, method.as_str(), &endpoint, status);
+    drop(in_flight);
     response
 }
 
