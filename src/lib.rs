@@ -53,6 +53,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod connectors;
 pub mod load;
 pub mod mapping;
 pub mod sandbox;

@@ -1,0 +1,1 @@
+//! Placeholder replaced by the partner_center client.
