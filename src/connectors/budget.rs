@@ -2,9 +2,8 @@
 //! concurrency cap, shared by every caller of one upstream. Running out slows callers down;
 //! it never fails them.
 //!
-//! A throttling answer from the service (429 + `Retry-After`) pauses the whole upstream, not
-//! only the caller that got it: the service throttles the app, so every request would meet
-//! the same answer.
+//! [`Limiter::pause_for`] stops every caller at once, for signals that concern the whole
+//! app rather than one request (a spent allocation that resets at a known time).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -14,6 +13,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::model::Budget;
+
+/// Slack added to every window: the service sees calls after network and scheduling
+/// delays that vary from call to call, so a window kept exactly nominal on our side can
+/// look over budget on theirs.
+const WINDOW_MARGIN: Duration = Duration::from_millis(100);
 
 /// One sliding window: at most `limit` calls per `length`.
 #[derive(Debug)]
@@ -61,7 +65,7 @@ impl Limiter {
         ] {
             if let Some(limit) = limit {
                 windows.push(Window {
-                    length: Duration::from_secs(seconds),
+                    length: Duration::from_secs(seconds) + WINDOW_MARGIN,
                     limit: usize::try_from(limit.max(1)).unwrap_or(usize::MAX),
                     calls: VecDeque::new(),
                 });
@@ -145,7 +149,7 @@ impl Limiter {
         let used = state
             .windows
             .iter()
-            .find(|w| w.length == Duration::from_secs(86_400))
+            .find(|w| w.length == Duration::from_secs(86_400) + WINDOW_MARGIN)
             .map_or(0, |w| {
                 w.calls
                     .iter()
@@ -170,8 +174,8 @@ mod tests {
         for _ in 0..5 {
             drop(limiter.acquire().await);
         }
-        // Calls 1–2 at t=0, 3–4 at t=1 s, 5 at t=2 s.
-        assert_eq!(start.elapsed().as_secs(), 2);
+        // Calls 1–2 at t=0, 3–4 at t=1.1 s, 5 at t=2.2 s.
+        assert_eq!(start.elapsed(), Duration::from_millis(2200));
     }
 
     #[tokio::test(start_paused = true)]
