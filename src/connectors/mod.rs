@@ -239,3 +239,16 @@ pub fn resolve_secret(
 pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
+
+/// A non-secret setting that may hold references (`base_url: "${DATAVERSE_URL}"`): resolved
+/// when it contains `${`, returned as is otherwise.
+pub fn resolve_text(field: &str, text: &str, env: SecretEnv<'_>) -> Result<String, ConnectorError> {
+    if !text.contains("${") {
+        return Ok(text.to_owned());
+    }
+    crate::config::secrets::resolve_with(text, env)
+        .map(|value| value.expose().to_owned())
+        .map_err(|error| ConnectorError::Config {
+            message: format!("{field}: cannot resolve {text}: {error}"),
+        })
+}
