@@ -292,7 +292,11 @@ impl TokenSource {
             let response = match sent {
                 Ok(response) => response,
                 Err(error) if attempt < policy.max_attempts => {
-                    tracing::debug!(api = self.api, "token endpoint unreachable: {}", super::describe_transport(&error));
+                    tracing::debug!(
+                        api = self.api,
+                        "token endpoint unreachable: {}",
+                        super::describe_transport(&error)
+                    );
                     tokio::time::sleep(policy.delay(attempt, None, jitter())).await;
                     continue;
                 }
@@ -359,7 +363,10 @@ impl TokenSource {
 }
 
 fn entra_token_url(authority: &str, tenant: &str) -> String {
-    format!("{}/{tenant}/oauth2/v2.0/token", authority.trim_end_matches('/'))
+    format!(
+        "{}/{tenant}/oauth2/v2.0/token",
+        authority.trim_end_matches('/')
+    )
 }
 
 fn salesforce_token_url(login_url: &str) -> String {
@@ -403,7 +410,8 @@ fn jwt_assertion(
         .unwrap_or_default()
         .as_secs()
         + 180;
-    let claims = serde_json::json!({ "iss": client_id, "sub": username, "aud": audience, "exp": exp });
+    let claims =
+        serde_json::json!({ "iss": client_id, "sub": username, "aud": audience, "exp": exp });
     let signing_input = format!(
         "{}.{}",
         engine.encode(br#"{"alg":"RS256"}"#),

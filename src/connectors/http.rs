@@ -70,7 +70,10 @@ pub fn http_client(options: &UpstreamOptions) -> Result<reqwest::Client, Connect
     for pem in &options.extra_root_certificates {
         let certificate =
             reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|e| ConnectorError::Config {
-                message: format!("{}: a trusted CA certificate is not valid PEM: {e}", options.api),
+                message: format!(
+                    "{}: a trusted CA certificate is not valid PEM: {e}",
+                    options.api
+                ),
             })?;
         builder = builder.add_root_certificate(certificate);
     }
@@ -384,7 +387,9 @@ impl Upstream {
                         return Err(ConnectorError::Transport {
                             api,
                             operation,
-                            message: format!("{message}; not retried because the request may have been applied"),
+                            message: format!(
+                                "{message}; not retried because the request may have been applied"
+                            ),
                         });
                     }
                     return Err(ConnectorError::RetriesExhausted {
@@ -401,7 +406,13 @@ impl Upstream {
                 metrics::gauge!("cosell_upstream_budget_remaining", "api" => api)
                     .set(f64::from(remaining));
             }
-            tracing::debug!(api, operation, status = status.as_u16(), elapsed_ms = elapsed.as_millis() as u64, "call");
+            tracing::debug!(
+                api,
+                operation,
+                status = status.as_u16(),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "call"
+            );
 
             if status.is_success() || status == StatusCode::NOT_MODIFIED {
                 return Ok(Reply {
@@ -451,7 +462,13 @@ impl Upstream {
                 }
                 if attempt < policy.max_attempts {
                     lock(&self.inner.stats).retries += 1;
-                    tracing::info!(api, operation, attempt, status = status.as_u16(), "retrying");
+                    tracing::info!(
+                        api,
+                        operation,
+                        attempt,
+                        status = status.as_u16(),
+                        "retrying"
+                    );
                     tokio::time::sleep(policy.delay(attempt, wait, jitter())).await;
                     continue;
                 }
@@ -494,7 +511,11 @@ fn same_origin(url: &str, base: &str) -> bool {
     fn origin(url: &str) -> Option<String> {
         let (scheme, rest) = url.split_once("://")?;
         let host = rest.split(['/', '?', '#']).next()?;
-        Some(format!("{}://{}", scheme.to_ascii_lowercase(), host.to_ascii_lowercase()))
+        Some(format!(
+            "{}://{}",
+            scheme.to_ascii_lowercase(),
+            host.to_ascii_lowercase()
+        ))
     }
     origin(url).is_some() && origin(url) == origin(base)
 }
@@ -547,9 +568,15 @@ mod tests {
     #[test]
     fn links_are_followed_only_on_the_same_origin() {
         assert!(same_origin("https://a.example/x?y", "https://a.example"));
-        assert!(same_origin("HTTPS://A.example:443/x", "https://a.example:443"));
+        assert!(same_origin(
+            "HTTPS://A.example:443/x",
+            "https://a.example:443"
+        ));
         assert!(!same_origin("https://evil.example/x", "https://a.example"));
-        assert!(!same_origin("https://a.example.evil/x", "https://a.example"));
+        assert!(!same_origin(
+            "https://a.example.evil/x",
+            "https://a.example"
+        ));
         assert!(!same_origin("/relative", "https://a.example"));
     }
 
@@ -564,9 +591,17 @@ mod tests {
             (Some("INVALID_FIELD".into()), "No such column".into())
         );
         assert_eq!(
-            service_error(br#"{"error":"invalid_grant","error_description":"authentication failure"}"#),
-            (Some("invalid_grant".into()), "authentication failure".into())
+            service_error(
+                br#"{"error":"invalid_grant","error_description":"authentication failure"}"#
+            ),
+            (
+                Some("invalid_grant".into()),
+                "authentication failure".into()
+            )
         );
-        assert_eq!(service_error(b"Service Unavailable"), (None, "Service Unavailable".into()));
+        assert_eq!(
+            service_error(b"Service Unavailable"),
+            (None, "Service Unavailable".into())
+        );
     }
 }

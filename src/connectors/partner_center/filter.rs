@@ -38,7 +38,9 @@ impl fmt::Display for Literal {
             Literal::DateTime(text) => {
                 let clean: String = text
                     .chars()
-                    .filter(|c| c.is_ascii_digit() || matches!(c, '-' | ':' | 'T' | 'Z' | '.' | '+'))
+                    .filter(|c| {
+                        c.is_ascii_digit() || matches!(c, '-' | ':' | 'T' | 'Z' | '.' | '+')
+                    })
                     .collect();
                 f.write_str(&clean)
             }
@@ -132,11 +134,6 @@ impl ODataFilter {
         ODataFilter(format!("({}) or ({})", self.0, other.0))
     }
 
-    /// `not (self)`.
-    pub fn not(self) -> ODataFilter {
-        ODataFilter(format!("not ({})", self.0))
-    }
-
     /// `collection/any(t:condition)`, where `condition` names members through `t/`:
     /// `ODataFilter::any("team", ODataFilter::eq("t/email", "a@b.c"))`.
     pub fn any(collection: &str, condition: ODataFilter) -> ODataFilter {
@@ -152,6 +149,15 @@ impl ODataFilter {
 impl fmt::Display for ODataFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// `!filter` is `not (filter)`.
+impl std::ops::Not for ODataFilter {
+    type Output = ODataFilter;
+
+    fn not(self) -> ODataFilter {
+        ODataFilter(format!("not ({})", self.0))
     }
 }
 
@@ -176,7 +182,10 @@ mod tests {
             "name eq 'O''Brien''s '' or 1 eq 1'"
         );
         assert_eq!(ODataFilter::eq("isSpam", false).as_str(), "isSpam eq false");
-        assert_eq!(ODataFilter::gt("details/dealValue", 10i64).as_str(), "details/dealValue gt 10");
+        assert_eq!(
+            ODataFilter::gt("details/dealValue", 10i64).as_str(),
+            "details/dealValue gt 10"
+        );
         assert_eq!(ODataFilter::eq("x", f64::NAN).as_str(), "x eq null");
         assert_eq!(
             ODataFilter::gt(
@@ -192,7 +201,10 @@ mod tests {
     fn combinators_parenthesize() {
         let filter = ODataFilter::eq("status", "New")
             .and(ODataFilter::eq("direction", "Incoming").or(ODataFilter::eq("type", "Shared")))
-            .and(ODataFilter::any("team", ODataFilter::eq("t/email", "r2d2@contoso.com")).not());
+            .and(!ODataFilter::any(
+                "team",
+                ODataFilter::eq("t/email", "r2d2@contoso.com"),
+            ));
         assert_eq!(
             filter.to_string(),
             "((status eq 'New') and ((direction eq 'Incoming') or (type eq 'Shared'))) and (not (team/any(t:t/email eq 'r2d2@contoso.com')))"

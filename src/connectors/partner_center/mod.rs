@@ -332,7 +332,8 @@ impl PartnerCenterClient {
                                 Err(ConnectorError::Decode {
                                     api: "partner_center",
                                     operation: "list_referrals",
-                                    message: "the service returned the same @odata.nextLink twice".to_owned(),
+                                    message: "the service returned the same @odata.nextLink twice"
+                                        .to_owned(),
                                 }),
                                 pages,
                             ));
@@ -559,7 +560,10 @@ impl PartnerCenterClient {
     /// The event names one can register for.
     pub async fn webhook_events(&self) -> Result<Vec<String>, ConnectorError> {
         let request = Request::get("webhook_events", format!("{REGISTRATION_PATH}/events"));
-        self.webhooks.send(self.webhook_request(request)).await?.json()
+        self.webhooks
+            .send(self.webhook_request(request))
+            .await?
+            .json()
     }
 
     /// The current registration, `None` when there is none.
@@ -648,11 +652,18 @@ impl PartnerCenterClient {
             "validation_status",
             format!("{REGISTRATION_PATH}/validationEvents/{encoded}"),
         );
-        self.webhooks.send(self.webhook_request(request)).await?.json()
+        self.webhooks
+            .send(self.webhook_request(request))
+            .await?
+            .json()
     }
 }
 
-fn registration_body<S: AsRef<str>>(url: &str, events: &[S], signature_in_ms_header: bool) -> Value {
+fn registration_body<S: AsRef<str>>(
+    url: &str,
+    events: &[S],
+    signature_in_ms_header: bool,
+) -> Value {
     let events: Vec<&str> = events.iter().map(AsRef::as_ref).collect();
     json!({
         "WebhookUrl": url,
@@ -850,7 +861,11 @@ mod tests {
             format!("/engagements/v1/referrals/{id}"),
             format!("  https://evil.example/anything/{id}  "),
         ] {
-            assert_eq!(referral_id_from_resource_uri(&uri).as_deref(), Some(id), "{uri}");
+            assert_eq!(
+                referral_id_from_resource_uri(&uri).as_deref(),
+                Some(id),
+                "{uri}"
+            );
         }
         assert_eq!(
             referral_id_from_resource_uri("https://h/referrals/abc%2Ddef").as_deref(),

@@ -363,7 +363,9 @@ impl<'de> Deserialize<'de> for Amount {
                 Ok(parsed) if parsed.is_finite() => Ok(Amount::Text(text)),
                 _ => Err(D::Error::custom("a string amount must hold a number")),
             },
-            _ => Err(D::Error::custom("an amount is a number or a numeric string")),
+            _ => Err(D::Error::custom(
+                "an amount is a number or a numeric string",
+            )),
         }
     }
 }
@@ -879,7 +881,10 @@ mod tests {
     fn fixtures_round_trip_exactly() {
         let mut checked = 0;
         let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/examples");
-        let shared = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/partner-center");
+        let shared = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/fixtures/partner-center"
+        );
         for dir in [repo, shared] {
             let Ok(entries) = std::fs::read_dir(dir) else {
                 continue;
@@ -938,10 +943,19 @@ mod tests {
         assert_eq!(referral.status, Some(ReferralStatus::Active));
         assert_eq!(referral.referral_type, Some(ReferralType::Shared));
         assert_eq!(referral.external_reference_id, None);
-        assert_eq!(referral.extra.get("externalReferenceId"), Some(&Value::Null));
+        assert_eq!(
+            referral.extra.get("externalReferenceId"),
+            Some(&Value::Null)
+        );
         let details = referral.details.as_ref().unwrap();
         assert_eq!(details.deal_value.as_ref().unwrap().as_f64(), 50000.0);
-        let team = referral.customer_profile.as_ref().unwrap().team.as_ref().unwrap();
+        let team = referral
+            .customer_profile
+            .as_ref()
+            .unwrap()
+            .team
+            .as_ref()
+            .unwrap();
         assert_eq!(team[0].first_name.as_deref(), Some("Sue"));
         assert_eq!(
             referral.target.as_ref().unwrap()[0].target_type,
@@ -967,7 +981,10 @@ mod tests {
             "futureField": { "x": 1 }
         });
         let referral: Referral = serde_json::from_value(value.clone()).unwrap();
-        assert_eq!(referral.status, Some(ReferralStatus::Other("Engaged".into())));
+        assert_eq!(
+            referral.status,
+            Some(ReferralStatus::Other("Engaged".into()))
+        );
         assert_eq!(referral.favorite, None);
         assert_eq!(referral.extra["favorite"], "yes");
         let details = referral.details.as_ref().unwrap();
@@ -979,7 +996,10 @@ mod tests {
         // A string that is not a number is not an amount; it is kept verbatim.
         let odd: ReferralDetails = serde_json::from_value(json!({ "dealValue": "lots" })).unwrap();
         assert_eq!(odd.deal_value, None);
-        assert_eq!(serde_json::to_value(&odd).unwrap(), json!({ "dealValue": "lots" }));
+        assert_eq!(
+            serde_json::to_value(&odd).unwrap(),
+            json!({ "dealValue": "lots" })
+        );
     }
 
     #[test]
@@ -1001,7 +1021,9 @@ mod tests {
 
     #[test]
     fn registration_names_are_canonicalized() {
-        let Value::Object(map) = json!({ "webhookUrl": "https://x", "webhookEvents": ["a"], "subscriberId": "s" }) else {
+        let Value::Object(map) =
+            json!({ "webhookUrl": "https://x", "webhookEvents": ["a"], "subscriberId": "s" })
+        else {
             unreachable!()
         };
         let map = canonicalize_keys(map, WebhookRegistration::PROPERTIES);
@@ -1042,7 +1064,15 @@ mod tests {
             any::<i64>().prop_map(|n| json!(n)),
             (-1.0e12f64..1.0e12).prop_map(|f| json!(f)),
             proptest::sample::select(vec![
-                "New", "Active", "Shared", "SolutionProfile", "10000", " 1.5 ", "x", "", "1e999"
+                "New",
+                "Active",
+                "Shared",
+                "SolutionProfile",
+                "10000",
+                " 1.5 ",
+                "x",
+                "",
+                "1e999"
             ])
             .prop_map(|s| json!(s)),
         ];
