@@ -843,3 +843,27 @@ impl Receiver {
         self.bodies.lock().expect("lock").clone()
     }
 }
+
+#[tokio::test]
+async fn a_refresh_token_alone_reaches_both_apis_and_a_bad_one_is_an_auth_error() {
+    let handle = start().await;
+    let mut public = settings(handle.base_url());
+    public.client_secret = None;
+    let pc = PartnerCenterClient::new(public.clone()).expect("client");
+    let created = pc
+        .create_referral(&outbound("Public client"))
+        .await
+        .expect("referrals with the user's token");
+    assert!(created.id.is_some());
+    assert!(!pc.webhook_events().await.expect("webhooks").is_empty());
+
+    public.refresh_token = Some(Secret::new("canary-revoked-refresh-token"));
+    let pc = PartnerCenterClient::new(public).expect("client");
+    let error = pc.get_referral("x").await.expect_err("bad refresh token");
+    assert!(matches!(error, ConnectorError::Auth { .. }), "{error:?}");
+    assert!(error.to_string().contains("invalid_grant"), "{error}");
+    assert!(
+        !format!("{error} {error:?}").contains("canary"),
+        "{error:?}"
+    );
+}

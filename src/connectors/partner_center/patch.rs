@@ -20,7 +20,7 @@ pub enum PatchKind {
 pub struct PatchOp {
     /// `replace` or `add`.
     pub op: PatchKind,
-    /// JSON Pointer, e.g. `/details/dealValue`; build it with [`pointer`].
+    /// JSON Pointer, e.g. `/details/dealValue`; build it with [`pointer()`].
     pub path: String,
     /// The new value.
     pub value: Value,
