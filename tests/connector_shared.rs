@@ -212,4 +212,19 @@ async fn production_endpoints_must_be_https() {
     let mut options = UpstreamOptions::new("dataverse", "http://127.0.0.1:8787");
     options.allow_insecure_http = true;
     assert!(Upstream::new(options, None).is_ok());
+
+    // The client secret goes to the token endpoint, so it must be https too.
+    let options = UpstreamOptions::new("dataverse", "https://contoso.crm.dynamics.com");
+    let http = cosell::connectors::http::http_client(&options).unwrap();
+    let tokens = TokenSource::entra_client_credentials(
+        "dataverse",
+        "http://login.example",
+        "contoso",
+        "client",
+        Secret::new("s"),
+        "https://contoso.crm.dynamics.com/.default",
+        http,
+    );
+    let error = Upstream::new(options, Some(tokens)).unwrap_err();
+    assert!(error.to_string().contains("token endpoint"), "{error}");
 }

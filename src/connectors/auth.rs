@@ -200,6 +200,11 @@ impl TokenSource {
         ))
     }
 
+    /// Where tokens come from (checked for https by [`super::http::Upstream::new`]).
+    pub fn token_url(&self) -> &str {
+        &self.token_url
+    }
+
     /// A valid token, from the cache or freshly fetched.
     pub async fn token(&self) -> Result<Token, ConnectorError> {
         let mut current = self.current.lock().await;

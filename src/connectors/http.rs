@@ -152,11 +152,15 @@ impl Request {
         self
     }
 
-    /// Adds a header; invalid values are dropped (they can only come from a bug, never
-    /// from user data that would be silently lost).
+    /// Adds a header (names are case-insensitive: `MS-CorrelationId` is fine). Invalid
+    /// names or values are dropped: they can only come from a bug in this crate, never from
+    /// user data that would be silently lost.
     pub fn header(mut self, name: &'static str, value: impl AsRef<str>) -> Request {
-        if let Ok(value) = HeaderValue::from_str(value.as_ref()) {
-            self.headers.push((HeaderName::from_static(name), value));
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value.as_ref()),
+        ) {
+            self.headers.push((name, value));
         }
         self
     }
@@ -249,6 +253,14 @@ impl Upstream {
             &options.base_url,
             options.allow_insecure_http,
         )?;
+        if let Some(tokens) = &tokens {
+            // The client secret travels to the token endpoint: same rule.
+            require_https(
+                &format!("{} token endpoint", options.api),
+                tokens.token_url(),
+                options.allow_insecure_http,
+            )?;
+        }
         let http = http_client(&options)?;
         Ok(Upstream {
             inner: Arc::new(Inner {
