@@ -109,3 +109,35 @@ async fn a_literal_secret_never_reaches_logs_or_errors() {
         );
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_secret_from_the_config_never_reaches_logs_or_errors() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(captured.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let handle = sandbox::start(SandboxOptions::default()).await.unwrap();
+    let base = handle.base_url();
+    let yaml = format!(
+        "version: 1\ncrm: dynamics365\nconnections:\n  partner_center:\n    base_url: \"{base}\"\n    webhook_base_url: \"{base}\"\n    allow_insecure_http: true\n    auth:\n      tenant_id: contoso\n      client_id: cosell-sandbox\n      client_secret: \"${{PC_CLIENT_SECRET}}\"\n      authority: \"{base}\"\nflows: {{}}\n"
+    );
+    let checked = cosell::load::check_bytes("secret.yaml", yaml.as_bytes(), &[]);
+    assert!(checked.diagnostics.is_empty(), "{:?}", checked.diagnostics);
+    let config = checked.config.unwrap();
+    let connection = config.connections.partner_center.as_ref().unwrap();
+    let secret = "Literal-From-Config-4b9e";
+    let env = |name: &str| (name == "PC_CLIENT_SECRET").then(|| secret.to_owned());
+    let client =
+        cosell::connectors::partner_center::PartnerCenterClient::from_config(connection, &env, &[])
+            .unwrap();
+    let error = client.get_referral("anything").await.unwrap_err();
+    let shown = format!("{error} {error:?} {client:?} {connection:?} {config:?}");
+    assert!(matches!(error, ConnectorError::Auth { .. }), "{shown}");
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(!logs.is_empty());
+    assert!(!shown.contains(secret), "secret in error or Debug: {shown}");
+    assert!(!logs.contains(secret), "secret in logs: {logs}");
+}
