@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use cosell::config::model::{Budget, CrmAuth, CrmConnection, SecretRef};
 use cosell::connectors::dataverse::{
-    AlternateKey, ChangeTrackingError, DataverseClient, DataverseSettings, QueryOptions, Row,
-    bind, odata_string,
+    AlternateKey, ChangeTrackingError, DataverseClient, DataverseSettings, QueryOptions, Row, bind,
+    odata_string,
 };
 use cosell::connectors::{ConnectorError, Secret};
 use cosell::sandbox::{SandboxHandle, SandboxOptions, start};
@@ -90,7 +90,9 @@ async fn account(client: &DataverseClient, name: &str) -> String {
         .unwrap()
 }
 
-async fn collect(stream: impl futures_util::Stream<Item = Result<Row, ConnectorError>>) -> Vec<Row> {
+async fn collect(
+    stream: impl futures_util::Stream<Item = Result<Row, ConnectorError>>,
+) -> Vec<Row> {
     stream.try_collect().await.unwrap()
 }
 
@@ -124,31 +126,67 @@ async fn create_retrieve_update_delete_round_trip() {
 
     // Update with the current eTag succeeds; the old eTag is then stale → 412.
     client
-        .update("accounts", &id, &fields(json!({ "name": "Contoso Ltd" })), Some(&etag))
+        .update(
+            "accounts",
+            &id,
+            &fields(json!({ "name": "Contoso Ltd" })),
+            Some(&etag),
+        )
         .await
         .unwrap();
     let error = client
-        .update("accounts", &id, &fields(json!({ "name": "Lost update" })), Some(&etag))
+        .update(
+            "accounts",
+            &id,
+            &fields(json!({ "name": "Lost update" })),
+            Some(&etag),
+        )
         .await
         .unwrap_err();
     assert!(
         matches!(error, ConnectorError::PreconditionFailed { .. }),
         "{error:?}"
     );
-    let row = client.retrieve("accounts", &id, &["name"]).await.unwrap().unwrap();
+    let row = client
+        .retrieve("accounts", &id, &["name"])
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.str("name"), Some("Contoso Ltd"));
     assert_ne!(row.etag.as_deref(), Some(etag.as_str()));
 
     // Delete; then the row is gone, a retrieve says None and an update never recreates it.
     assert!(client.delete("accounts", &id, None).await.unwrap());
     assert!(!client.delete("accounts", &id, None).await.unwrap());
-    assert!(client.retrieve("accounts", &id, &[]).await.unwrap().is_none());
+    assert!(
+        client
+            .retrieve("accounts", &id, &[])
+            .await
+            .unwrap()
+            .is_none()
+    );
     let error = client
         .update("accounts", &id, &fields(json!({ "name": "Zombie" })), None)
         .await
         .unwrap_err();
-    assert!(matches!(error, ConnectorError::NotFound { .. }), "{error:?}");
-    assert!(client.retrieve("accounts", &id, &[]).await.unwrap().is_none());
+    assert!(
+        matches!(error, ConnectorError::NotFound { .. }),
+        "{error:?}"
+    );
+    assert!(
+        client
+            .retrieve("accounts", &id, &[])
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // An unknown entity set is an error, not a missing row.
+    let error = client.retrieve("acounts", &id, &[]).await.unwrap_err();
+    assert!(
+        matches!(error, ConnectorError::NotFound { .. }),
+        "{error:?}"
+    );
 
     // Service errors carry the service's code and message.
     let error = client
@@ -179,7 +217,12 @@ async fn upsert_by_referral_id_twice_leaves_one_row() {
     };
 
     let first = client
-        .upsert_returning("opportunities", &key, &body("Deal v1"), &["name", "cosell_referralid"])
+        .upsert_returning(
+            "opportunities",
+            &key,
+            &body("Deal v1"),
+            &["name", "cosell_referralid"],
+        )
         .await
         .unwrap();
     assert_eq!(first.created, Some(true));
@@ -207,7 +250,10 @@ async fn upsert_by_referral_id_twice_leaves_one_row() {
         "opportunities",
         QueryOptions {
             select: vec!["name".into(), "cosell_referralid".into()],
-            filter: Some(format!("cosell_referralid eq {}", odata_string("REF-O'Neil/42"))),
+            filter: Some(format!(
+                "cosell_referralid eq {}",
+                odata_string("REF-O'Neil/42")
+            )),
             ..QueryOptions::default()
         },
     ))
@@ -224,7 +270,11 @@ async fn upsert_by_referral_id_twice_leaves_one_row() {
     assert_eq!(by_key.id.as_deref(), Some(id.as_str()));
     assert!(
         client
-            .retrieve_by_key("opportunities", &AlternateKey::new("cosell_referralid", "none"), &[])
+            .retrieve_by_key(
+                "opportunities",
+                &AlternateKey::new("cosell_referralid", "none"),
+                &[]
+            )
             .await
             .unwrap()
             .is_none()
@@ -250,7 +300,11 @@ async fn lookups_bind_and_read_back_as_value_properties() {
         .await
         .unwrap();
     let row = client
-        .retrieve("opportunities", &id, &["name", "_customerid_value", "_transactioncurrencyid_value"])
+        .retrieve(
+            "opportunities",
+            &id,
+            &["name", "_customerid_value", "_transactioncurrencyid_value"],
+        )
         .await
         .unwrap()
         .unwrap();
@@ -263,18 +317,30 @@ async fn lookups_bind_and_read_back_as_value_properties() {
 async fn currencies_are_found_by_iso_code_and_cached() {
     let env = Env::start().await;
     let client = env.client();
-    assert_eq!(client.currency_id("EUR").await.unwrap().as_deref(), Some(EUR));
+    assert_eq!(
+        client.currency_id("EUR").await.unwrap().as_deref(),
+        Some(EUR)
+    );
     let calls = env.dataverse_calls().await;
     let requests = client.stats().requests;
     // Cached: no HTTP call for the second lookup, whatever the case of the code.
-    assert_eq!(client.currency_id("eur").await.unwrap().as_deref(), Some(EUR));
+    assert_eq!(
+        client.currency_id("eur").await.unwrap().as_deref(),
+        Some(EUR)
+    );
     assert_eq!(env.dataverse_calls().await, calls);
     assert_eq!(client.stats().requests, requests);
     // Clones share the cache.
-    assert_eq!(client.clone().currency_id("EUR").await.unwrap().as_deref(), Some(EUR));
+    assert_eq!(
+        client.clone().currency_id("EUR").await.unwrap().as_deref(),
+        Some(EUR)
+    );
     assert_eq!(client.stats().requests, requests);
 
-    assert_eq!(client.currency_id("USD").await.unwrap().as_deref(), Some(USD));
+    assert_eq!(
+        client.currency_id("USD").await.unwrap().as_deref(),
+        Some(USD)
+    );
     assert_eq!(client.currency_id("XXX").await.unwrap(), None);
     // Not a currency code at all: no call.
     let requests = client.stats().requests;
@@ -303,7 +369,16 @@ async fn queries_page_across_next_links_and_survive_an_expired_token() {
     let mut stream = Box::pin(client.query("accounts", options.clone()));
     let mut names = Vec::new();
     for _ in 0..10 {
-        names.push(stream.next().await.unwrap().unwrap().str("name").unwrap().to_owned());
+        names.push(
+            stream
+                .next()
+                .await
+                .unwrap()
+                .unwrap()
+                .str("name")
+                .unwrap()
+                .to_owned(),
+        );
     }
     // One page consumed; every token the sandbox issued now expires.
     env.control("tokens/expire", json!({})).await;
@@ -377,7 +452,12 @@ async fn change_polling_by_modifiedon_returns_newer_rows_oldest_first() {
     let new = account(&client, "New").await;
     env.control("clock", json!({ "advance_seconds": 5 })).await;
     client
-        .update("accounts", &old, &fields(json!({ "name": "Old, edited" })), None)
+        .update(
+            "accounts",
+            &old,
+            &fields(json!({ "name": "Old, edited" })),
+            None,
+        )
         .await
         .unwrap();
 
@@ -387,10 +467,17 @@ async fn change_polling_by_modifiedon_returns_newer_rows_oldest_first() {
     assert!(changed.iter().all(|r| r.str("modifiedon").is_some()));
 
     let latest = changed[1].str("modifiedon").unwrap().to_owned();
-    assert!(collect(client.changes_since("accounts", &latest, &["name"])).await.is_empty());
+    assert!(
+        collect(client.changes_since("accounts", &latest, &["name"]))
+            .await
+            .is_empty()
+    );
 
     let mut bad = Box::pin(client.changes_since("accounts", "last tuesday", &[]));
-    assert!(matches!(bad.next().await, Some(Err(ConnectorError::Config { .. }))));
+    assert!(matches!(
+        bad.next().await,
+        Some(Err(ConnectorError::Config { .. }))
+    ));
     assert!(bad.next().await.is_none());
     env.handle.shutdown().await;
 }
@@ -406,14 +493,25 @@ async fn change_tracking_reports_creates_updates_and_deletes_between_rounds() {
     let c = account(&client, "C").await;
 
     assert!(client.change_tracking_enabled("accounts").await.unwrap());
-    let initial = client.track_changes("accounts", &["name"], None).await.unwrap();
-    let mut ids: Vec<&str> = initial.upserted.iter().filter_map(|r| r.id.as_deref()).collect();
+    let initial = client
+        .track_changes("accounts", &["name"], None)
+        .await
+        .unwrap();
+    let mut ids: Vec<&str> = initial
+        .upserted
+        .iter()
+        .filter_map(|r| r.id.as_deref())
+        .collect();
     ids.sort_unstable();
     let mut expected = vec![a.as_str(), b.as_str(), c.as_str()];
     expected.sort_unstable();
     assert_eq!(ids, expected, "three rows over two pages");
     assert!(initial.deleted.is_empty());
-    assert!(initial.delta_link.contains("$deltatoken="), "{}", initial.delta_link);
+    assert!(
+        initial.delta_link.contains("$deltatoken="),
+        "{}",
+        initial.delta_link
+    );
 
     // Nothing changed: an empty round.
     let quiet = client
@@ -460,7 +558,12 @@ async fn change_tracking_reports_creates_updates_and_deletes_between_rounds() {
         matches!(error, ChangeTrackingError::NotEnabled { ref entity_set } if entity_set == "transactioncurrencies"),
         "{error:?}"
     );
-    assert!(!client.change_tracking_enabled("transactioncurrencies").await.unwrap());
+    assert!(
+        !client
+            .change_tracking_enabled("transactioncurrencies")
+            .await
+            .unwrap()
+    );
 
     // A bad column on a tracked table is an ordinary error, not "not enabled".
     let error = client
@@ -468,12 +571,16 @@ async fn change_tracking_reports_creates_updates_and_deletes_between_rounds() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, ChangeTrackingError::Connector(ConnectorError::Status { status: 400, .. })),
+        matches!(
+            error,
+            ChangeTrackingError::Connector(ConnectorError::Status { status: 400, .. })
+        ),
         "{error:?}"
     );
 
     // An expired delta link is refused: start over.
-    env.control("clock", json!({ "advance_seconds": 8 * 86_400 })).await;
+    env.control("clock", json!({ "advance_seconds": 8 * 86_400 }))
+        .await;
     let error = client
         .track_changes("accounts", &["name"], Some(&delta.delta_link))
         .await
@@ -482,7 +589,10 @@ async fn change_tracking_reports_creates_updates_and_deletes_between_rounds() {
         matches!(error, ChangeTrackingError::DeltaLinkRejected { ref message } if message.contains("expired")),
         "{error:?}"
     );
-    let again = client.track_changes("accounts", &["name"], None).await.unwrap();
+    let again = client
+        .track_changes("accounts", &["name"], None)
+        .await
+        .unwrap();
     assert_eq!(again.upserted.len(), 3, "A2, C and D");
     env.handle.shutdown().await;
 }
@@ -503,7 +613,11 @@ async fn throttling_is_waited_out_honouring_retry_after() {
         assert_eq!(row.unwrap().str("name"), Some("Throttled"));
     }
     let stats = client.stats();
-    let throttled = stats.by_outcome.get("retrieve_row 429").copied().unwrap_or(0);
+    let throttled = stats
+        .by_outcome
+        .get("retrieve_row 429")
+        .copied()
+        .unwrap_or(0);
     assert!(throttled >= 1, "the quota was hit: {stats:?}");
     assert!(stats.retries >= throttled, "{stats:?}");
     // 12 calls at 5 per 2 s cannot finish in under two windows.
@@ -530,10 +644,7 @@ async fn a_wrong_secret_is_an_auth_error_that_never_shows_the_secret() {
     settings.client_secret = Secret::new(secret);
     assert!(!format!("{settings:?}").contains(secret));
     let client = DataverseClient::new(settings).unwrap();
-    let error = client
-        .retrieve("accounts", USD, &[])
-        .await
-        .unwrap_err();
+    let error = client.retrieve("accounts", USD, &[]).await.unwrap_err();
     assert!(matches!(error, ConnectorError::Auth { .. }), "{error:?}");
     assert!(!error.to_string().contains(secret), "{error}");
     assert!(!format!("{error:?}").contains(secret), "{error:?}");
@@ -575,9 +686,13 @@ async fn from_config_resolves_references_and_requires_the_tenant() {
         "{error}"
     );
     let error = DataverseClient::from_config(&conn(Some("t")), &|_| None, &[]).unwrap_err();
-    assert!(error.to_string().contains("connections.crm.base_url"), "{error}");
+    assert!(
+        error.to_string().contains("connections.crm.base_url"),
+        "{error}"
+    );
 
-    let mut settings = DataverseSettings::from_config(&conn(Some("${TENANT}")), &vars, &[]).unwrap();
+    let mut settings =
+        DataverseSettings::from_config(&conn(Some("${TENANT}")), &vars, &[]).unwrap();
     assert_eq!(settings.base_url, env.base);
     assert_eq!(settings.tenant_id, "contoso");
     assert_eq!(settings.client_secret.expose(), "sandbox-secret");
@@ -586,6 +701,9 @@ async fn from_config_resolves_references_and_requires_the_tenant() {
     assert_eq!(settings.authority, "https://login.microsoftonline.com");
     settings.authority = env.base.clone();
     let client = DataverseClient::new(settings).unwrap();
-    assert_eq!(client.currency_id("GBP").await.unwrap().as_deref(), Some("7a5e1c2d-0000-4000-8000-000000000003"));
+    assert_eq!(
+        client.currency_id("GBP").await.unwrap().as_deref(),
+        Some("7a5e1c2d-0000-4000-8000-000000000003")
+    );
     env.handle.shutdown().await;
 }

@@ -391,14 +391,18 @@ pub struct ChangeBatch {
 pub enum ChangeTrackingError {
     /// The table does not have change tracking enabled: poll with
     /// [`DataverseClient::changes_since`] instead.
-    #[error("dataverse track_changes: change tracking is not enabled for {entity_set}; poll by modifiedon instead")]
+    #[error(
+        "dataverse track_changes: change tracking is not enabled for {entity_set}; poll by modifiedon instead"
+    )]
     NotEnabled {
         /// The entity set asked for.
         entity_set: String,
     },
     /// The service refused the delta link (expired after the organization's retention,
     /// or no longer valid): start over with `delta_link: None` (a full read).
-    #[error("dataverse track_changes: the delta link was refused ({message}); start over with a full read")]
+    #[error(
+        "dataverse track_changes: the delta link was refused ({message}); start over with a full read"
+    )]
     DeltaLinkRejected {
         /// The service's message.
         message: String,
@@ -434,9 +438,7 @@ fn invalid(message: impl Into<String>) -> ConnectorError {
 fn check_name<'a>(what: &str, name: &'a str) -> Result<&'a str, ConnectorError> {
     let valid = !name.is_empty()
         && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if valid {
         Ok(name)
     } else {
@@ -505,13 +507,21 @@ struct Page {
 fn parse_page(reply: &Reply, operation: &'static str) -> Result<Page, ConnectorError> {
     let body: Value = reply.json()?;
     let Some(items) = body.get("value").and_then(Value::as_array) else {
-        return Err(decode_error(operation, "the collection has no `value` array"));
+        return Err(decode_error(
+            operation,
+            "the collection has no `value` array",
+        ));
     };
     let mut objects = Vec::with_capacity(items.len());
     for item in items {
         match item {
             Value::Object(object) => objects.push(object.clone()),
-            _ => return Err(decode_error(operation, "a collection item is not an object")),
+            _ => {
+                return Err(decode_error(
+                    operation,
+                    "a collection item is not an object",
+                ));
+            }
         }
     }
     let link = |name: &str| {
@@ -564,9 +574,9 @@ impl DataverseClient {
             settings.allow_insecure_http,
         )?;
         let version = settings.api_version.trim();
-        let version_ok = version
-            .strip_prefix('v')
-            .is_some_and(|rest| !rest.is_empty() && rest.chars().all(|c| c.is_ascii_digit() || c == '.'));
+        let version_ok = version.strip_prefix('v').is_some_and(|rest| {
+            !rest.is_empty() && rest.chars().all(|c| c.is_ascii_digit() || c == '.')
+        });
         if !version_ok {
             return Err(invalid(format!(
                 "api_version `{version}` is not a Web API version such as v9.2"
@@ -621,7 +631,9 @@ impl DataverseClient {
     /// Creates a row; returns its id from the `OData-EntityId` header (204, no body).
     /// Not retried after a transport failure that may have reached the service, so a row
     /// is never created twice; put the id in `fields` (or use [`DataverseClient::upsert`])
-    /// when a retry must be safe.
+    /// when a retry must be safe. A value of an alternate key that another row already has
+    /// is refused with 412 (DuplicateRecord), which the core reports as
+    /// [`ConnectorError::PreconditionFailed`].
     pub async fn create(
         &self,
         entity_set: &str,
@@ -666,7 +678,8 @@ impl DataverseClient {
     ) -> Result<Option<Row>, ConnectorError> {
         let set = check_name("entity set", entity_set)?;
         let id = check_guid(id)?;
-        self.retrieve_path(set, format!("/{set}({id})"), select).await
+        self.retrieve_path(set, format!("/{set}({id})"), select)
+            .await
     }
 
     /// Reads one row by alternate key; `None` when no row has it.
@@ -690,7 +703,7 @@ impl DataverseClient {
         let request = with_select(read(Request::get("retrieve_row", path)), select)?;
         match self.inner.upstream.send(request).await {
             Ok(reply) => row_from_reply(&reply, set, "retrieve_row").map(Some),
-            Err(ConnectorError::NotFound { .. }) => Ok(None),
+            Err(error) if is_missing_row(&error) => Ok(None),
             Err(error) => Err(error),
         }
     }
@@ -777,7 +790,7 @@ impl DataverseClient {
         }
         match self.inner.upstream.send(request).await {
             Ok(_) => Ok(true),
-            Err(ConnectorError::NotFound { .. }) => Ok(false),
+            Err(error) if is_missing_row(&error) => Ok(false),
             Err(error) => Err(error),
         }
     }
@@ -889,7 +902,10 @@ impl DataverseClient {
         }
         let request = read(Request::get("currency_by_iso", "/transactioncurrencies"))
             .query("$select", "transactioncurrencyid,isocurrencycode")
-            .query("$filter", format!("isocurrencycode eq {}", odata_string(&code)));
+            .query(
+                "$filter",
+                format!("isocurrencycode eq {}", odata_string(&code)),
+            );
         let reply = self.inner.upstream.send(request).await?;
         let page = parse_page(&reply, "currency_by_iso")?;
         let id = page
@@ -947,10 +963,16 @@ impl DataverseClient {
         delta_link: Option<&str>,
     ) -> Result<ChangeBatch, ChangeTrackingError> {
         let set = check_name("entity set", entity_set)?;
-        let prefer = format!("odata.track-changes,odata.maxpagesize={}", self.inner.page_size);
+        let prefer = format!(
+            "odata.track-changes,odata.maxpagesize={}",
+            self.inner.page_size
+        );
         let first = match delta_link {
             Some(link) => odata(Request::follow("track_changes", link)),
-            None => with_select(odata(Request::get("track_changes", format!("/{set}"))), select)?,
+            None => with_select(
+                odata(Request::get("track_changes", format!("/{set}"))),
+                select,
+            )?,
         }
         .header("prefer", &prefer);
         let reply = match self.inner.upstream.send(first).await {
@@ -1043,6 +1065,14 @@ impl DataverseClient {
     }
 }
 
+/// A 404 that means "no such row", as opposed to "no such entity set" (`Resource not found
+/// for the segment 'x'`), which is a configuration mistake that must not read as a missing
+/// row. The core's `NotFound` keeps only the message, so the message decides.
+fn is_missing_row(error: &ConnectorError) -> bool {
+    matches!(error, ConnectorError::NotFound { message, .. }
+        if !message.starts_with("Resource not found for the segment"))
+}
+
 /// The id of a `$deletedEntity` entry of a delta response.
 fn deleted_id(item: &Map<String, Value>) -> Option<String> {
     let deleted = item.get("reason").and_then(Value::as_str) == Some("deleted")
@@ -1086,9 +1116,7 @@ fn row_from_reply(
 }
 
 /// One step of a query stream: the next buffered row, else the next page.
-async fn next_row(
-    mut state: QueryState,
-) -> Option<(Result<Row, ConnectorError>, QueryState)> {
+async fn next_row(mut state: QueryState) -> Option<(Result<Row, ConnectorError>, QueryState)> {
     loop {
         if let Some(row) = state.buffer.pop_front() {
             return Some((Ok(row), state));
@@ -1223,8 +1251,8 @@ mod tests {
         let settings = |url: &str| DataverseSettings::new(url, "t", "c", Secret::new("s"));
         let error = DataverseClient::new(settings("http://org.crm.dynamics.com")).unwrap_err();
         assert!(matches!(error, ConnectorError::Config { .. }), "{error}");
-        let error =
-            DataverseClient::new(settings("https://org.crm.dynamics.com/api/data/v9.2")).unwrap_err();
+        let error = DataverseClient::new(settings("https://org.crm.dynamics.com/api/data/v9.2"))
+            .unwrap_err();
         assert!(error.to_string().contains("without /api/data"), "{error}");
         let mut bad_version = settings("https://org.crm.dynamics.com");
         bad_version.api_version = "9.2/../x".into();

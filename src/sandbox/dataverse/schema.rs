@@ -505,7 +505,13 @@ mod tests {
         );
         assert!(opportunity.by_property("_parentaccountid_value").is_some());
         assert!(opportunity.def.change_tracking);
-        assert!(!schema.by_set("transactioncurrencies").unwrap().def.change_tracking);
+        assert!(
+            !schema
+                .by_set("transactioncurrencies")
+                .unwrap()
+                .def
+                .change_tracking
+        );
         assert_eq!(
             schema.table("transactioncurrency").unwrap().def.rows.len(),
             7

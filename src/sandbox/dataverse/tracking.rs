@@ -281,8 +281,13 @@ pub fn list(call: &Call<'_>, state: &State, table: &Table) -> Result<Response, D
     } else {
         format!("{}/$metadata#{}({columns})", call.api_root(), table.set())
     };
-    let deleted_context = format!("{}/$metadata#{}/$deletedEntity", call.api_root(), table.set());
-    let shaped = |row: &Value| Value::Object(read::shape_row(&state.schema, &store, table, row, &shape));
+    let deleted_context = format!(
+        "{}/$metadata#{}/$deletedEntity",
+        call.api_root(),
+        table.set()
+    );
+    let shaped =
+        |row: &Value| Value::Object(read::shape_row(&state.schema, &store, table, row, &shape));
 
     let mut value = Vec::new();
     let next: Option<Cookie>;
@@ -378,7 +383,9 @@ pub fn list(call: &Call<'_>, state: &State, table: &Table) -> Result<Response, D
 pub fn count(call: &Call<'_>, state: &State, table: &Table) -> Result<Response, DvError> {
     let (token, _) = validate(call, table)?;
     let Some(token) = token else {
-        return Err(option_error("$count with change tracking needs a $deltatoken."));
+        return Err(option_error(
+            "$count with change tracking needs a $deltatoken.",
+        ));
     };
     let store = lock(&state.store);
     let n = changes(&store, table, token.version, store.current_version()).len();
