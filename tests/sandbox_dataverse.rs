@@ -1338,3 +1338,232 @@ async fn stats_name_endpoints_without_ids_and_seed_matches_companies() {
         json!(4)
     );
 }
+
+/// `GET` with `Prefer: odata.track-changes` (and a page size).
+async fn tracked(dv: &Dv, path: &str, page_size: Option<usize>) -> Reply {
+    let prefer = match page_size {
+        Some(n) => format!("odata.track-changes,odata.maxpagesize={n}"),
+        None => "odata.track-changes".to_owned(),
+    };
+    dv.call(Method::GET, path, None, &[("Prefer", prefer.as_str())])
+        .await
+}
+
+fn ids_of(reply: &Reply, id: &str) -> Vec<String> {
+    let mut ids: Vec<String> = reply.body["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|row| row[id].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn change_tracking_answers_delta_links_with_changes_and_deletions() {
+    let dv = Dv::start().await;
+    let a = dv.account("A").await;
+    let b = dv.account("B").await;
+    let c = dv.account("C").await;
+
+    // The initial load pages like any query; the last page carries the delta link.
+    let first = tracked(&dv, "accounts?$select=name", Some(2)).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    let applied = first.header("preference-applied").unwrap();
+    assert!(applied.contains("odata.track-changes"), "{applied}");
+    assert!(applied.contains("odata.maxpagesize=2"), "{applied}");
+    assert_eq!(first.body["value"].as_array().unwrap().len(), 2);
+    assert!(first.body.get("@odata.deltaLink").is_none());
+    let next = first.body["@odata.nextLink"].as_str().unwrap().to_owned();
+    let last = tracked(&dv, &next, Some(2)).await;
+    assert_eq!(last.body["value"].as_array().unwrap().len(), 1);
+    assert!(last.body.get("@odata.nextLink").is_none());
+    let delta_link = last.body["@odata.deltaLink"].as_str().unwrap().to_owned();
+    let prefix = format!("{}/api/data/v9.2/accounts?", dv.base);
+    assert!(delta_link.starts_with(&prefix), "{delta_link}");
+    assert!(delta_link.contains("$select=name"), "{delta_link}");
+    // The token is `<version>!<MM/dd/yyyy HH:mm:ss>`, URL-encoded.
+    let token = delta_link.split("$deltatoken=").nth(1).unwrap();
+    let token = percent_encoding::percent_decode_str(token)
+        .decode_utf8()
+        .unwrap()
+        .into_owned();
+    let (version, at) = token.split_once('!').unwrap();
+    assert!(version.parse::<u64>().is_ok(), "{token}");
+    assert_eq!(at.len(), "08/22/2017 08:10:44".len(), "{token}");
+    assert_eq!(
+        (&at[2..3], &at[5..6], &at[10..11]),
+        ("/", "/", " "),
+        "{token}"
+    );
+    let mut all = ids_of(&first, "accountid");
+    all.extend(ids_of(&last, "accountid"));
+    all.sort();
+    let mut expected = vec![a.clone(), b.clone(), c.clone()];
+    expected.sort();
+    assert_eq!(all, expected);
+
+    // Nothing changed: an empty delta and a fresh link.
+    let quiet = dv.get(&delta_link).await;
+    assert_eq!(quiet.status, StatusCode::OK, "{}", quiet.body);
+    assert_eq!(quiet.body["value"], json!([]));
+    assert!(
+        quiet.body["@odata.context"]
+            .as_str()
+            .unwrap()
+            .ends_with("$delta")
+    );
+    let quiet_link = quiet.body["@odata.deltaLink"].as_str().unwrap().to_owned();
+
+    // Update A, delete B, create D: all three show up in the next delta.
+    let reply = dv
+        .patch(
+            &format!("accounts({a})"),
+            json!({ "name": "A2" }),
+            &[("If-Match", "*")],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    let reply = dv
+        .call(Method::DELETE, &format!("accounts({b})"), None, &[])
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    let d = dv.account("D").await;
+
+    let count = dv
+        .get(&quiet_link.replacen("/accounts?", "/accounts/$count?", 1))
+        .await;
+    assert_eq!(count.status, StatusCode::OK, "{}", count.body);
+    assert_eq!(count.body, json!(3));
+
+    let delta = tracked(&dv, &quiet_link, None).await;
+    assert_eq!(delta.status, StatusCode::OK, "{}", delta.body);
+    let value = delta.body["value"].as_array().unwrap();
+    assert_eq!(value.len(), 3, "{}", delta.body);
+    let row_a = value.iter().find(|r| r["accountid"] == json!(a)).unwrap();
+    assert_eq!(row_a["name"], json!("A2"));
+    assert!(row_a["@odata.etag"].as_str().is_some());
+    assert!(value.iter().any(|r| r["accountid"] == json!(d)));
+    let gone = value.iter().find(|r| r["id"] == json!(b)).unwrap();
+    assert_eq!(gone["reason"], json!("deleted"));
+    assert_eq!(
+        gone["@odata.context"],
+        json!(format!(
+            "{}/api/data/v9.2/$metadata#accounts/$deletedEntity",
+            dv.base
+        ))
+    );
+    assert!(value.iter().all(|r| r["accountid"] != json!(c)));
+    let next_link = delta.body["@odata.deltaLink"].as_str().unwrap();
+    assert_eq!(dv.get(next_link).await.body["value"], json!([]));
+
+    // A delta that needs several pages.
+    for name in ["E", "F", "G"] {
+        dv.account(name).await;
+    }
+    let page = tracked(&dv, next_link, Some(2)).await;
+    assert_eq!(page.body["value"].as_array().unwrap().len(), 2);
+    let more = page.body["@odata.nextLink"].as_str().unwrap().to_owned();
+    let rest = tracked(&dv, &more, Some(2)).await;
+    assert_eq!(rest.body["value"].as_array().unwrap().len(), 1);
+    assert!(rest.body["@odata.deltaLink"].as_str().is_some());
+
+    // Old links stay valid until they expire (7 days): replaying the first one reports
+    // everything since, the deleted row included.
+    let replay = dv.get(&delta_link).await;
+    assert!(
+        replay.body["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == json!(b))
+    );
+
+    // Tombstones survive a snapshot (`--data`).
+    let state = dv.handle.state();
+    let snapshot = state.dataverse.snapshot();
+    state.dataverse.reset();
+    state.dataverse.restore(snapshot).unwrap();
+    assert_eq!(dv.get(&delta_link).await.body, replay.body);
+}
+
+#[tokio::test]
+async fn change_tracking_refuses_what_the_service_refuses() {
+    let dv = Dv::start().await;
+    dv.account("A").await;
+    for option in [
+        "$filter=name eq 'A'",
+        "$orderby=name",
+        "$top=1",
+        "$expand=primarycontactid($select=fullname)",
+    ] {
+        let reply = tracked(&dv, &format!("accounts?$select=name&{option}"), None).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{option}");
+        let name = option.split('=').next().unwrap();
+        assert_eq!(
+            reply.message(),
+            format!(
+                "The \"{name}\" query parameter isn't supported when Change Tracking is enabled."
+            )
+        );
+    }
+    // A table without change tracking.
+    let reply = tracked(&dv, "transactioncurrencies?$select=isocurrencycode", None).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(
+        reply
+            .message()
+            .starts_with("Change tracking is not enabled for the entity 'transactioncurrency'"),
+        "{}",
+        reply.message()
+    );
+    let reply = dv
+        .get("EntityDefinitions?$select=LogicalName,ChangeTrackingEnabled&$filter=ChangeTrackingEnabled eq true")
+        .await;
+    let mut tracked_tables: Vec<&str> = reply.body["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["LogicalName"].as_str().unwrap())
+        .collect();
+    tracked_tables.sort_unstable();
+    assert_eq!(
+        tracked_tables,
+        vec![
+            "account",
+            "contact",
+            "cosell_solution",
+            "lead",
+            "opportunity"
+        ]
+    );
+    // Malformed and expired tokens.
+    let reply = dv.get("accounts?$select=name&$deltatoken=garbage").await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let first = tracked(&dv, "accounts?$select=name", None).await;
+    let link = first.body["@odata.deltaLink"].as_str().unwrap().to_owned();
+    let reply = dv
+        .client
+        .post(format!("{}/_sandbox/clock", dv.base))
+        .json(&json!({ "advance_seconds": 8 * 86_400 }))
+        .send()
+        .await
+        .unwrap();
+    assert!(reply.status().is_success());
+    let fresh = token(&dv.client, &dv.base, &format!("{}/.default", dv.base)).await;
+    let reply = dv
+        .client
+        .get(&link)
+        .bearer_auth(fresh)
+        .header("Prefer", "odata.track-changes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::BAD_REQUEST);
+    let body: Value = reply.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        json!("Version stamp associated with the client has expired. Please perform a full sync.")
+    );
+}

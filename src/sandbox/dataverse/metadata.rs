@@ -76,7 +76,10 @@ fn entity(table: &Table) -> Map<String, Value> {
     out.insert("PrimaryNameAttribute".into(), json!(table.def.primary_name));
     out.insert("DisplayName".into(), label(&display));
     out.insert("IsCustomEntity".into(), json!(custom));
-    out.insert("ChangeTrackingEnabled".into(), json!(true));
+    out.insert(
+        "ChangeTrackingEnabled".into(),
+        json!(table.def.change_tracking),
+    );
     out.insert("IsValidForAdvancedFind".into(), json!(true));
     out
 }

@@ -16,11 +16,14 @@
 //! - `GET /<set>` with `$select $filter $orderby $top $count $expand`, paging through
 //!   `Prefer: odata.maxpagesize` and `@odata.nextLink`; `GET /<set>/$count`;
 //! - `POST /<set>/Microsoft.Dynamics.CRM.CreateMultiple|UpdateMultiple|UpsertMultiple`;
-//! - `EntityDefinitions` (list, single, `/Attributes`, the picklist cast, `/Keys`).
+//! - `EntityDefinitions` (list, single, `/Attributes`, the picklist cast, `/Keys`), with
+//!   `ChangeTrackingEnabled` from the schema;
+//! - change tracking ([`tracking`]): `Prefer: odata.track-changes` → rows plus
+//!   `@odata.deltaLink`; the delta link → changed rows and `$deletedEntity` tombstones;
+//!   `GET /<set>/$count?$deltatoken=…`.
 //!
-//! Not emulated: `$batch`, change tracking (`Prefer: odata.track-changes` is ignored, so
-//! no `Preference-Applied` for it), `$apply`, FetchXML, deep insert, filtering through
-//! navigation properties, `$metadata` (CSDL).
+//! Not emulated: `$batch`, `$apply`, FetchXML, deep insert, filtering through navigation
+//! properties, `$metadata` (CSDL).
 
 pub mod metadata;
 pub mod path;
@@ -28,6 +31,7 @@ pub mod query;
 pub mod read;
 pub mod schema;
 pub mod store;
+pub mod tracking;
 pub mod write;
 
 use std::sync::{Arc, Mutex};
@@ -363,6 +367,8 @@ pub struct Prefer {
     pub max_page_size: Option<usize>,
     /// `odata.include-annotations="…"`: parsed, and the raw pattern to echo back.
     pub annotations: Option<(Annotations, String)>,
+    /// `odata.track-changes`.
+    pub track_changes: bool,
 }
 
 impl Prefer {
@@ -397,6 +403,7 @@ impl Prefer {
                     "odata.maxpagesize" => {
                         prefer.max_page_size = argument.parse().ok().filter(|n| *n > 0);
                     }
+                    "odata.track-changes" => prefer.track_changes = true,
                     "odata.include-annotations" => {
                         prefer.annotations =
                             Some((Annotations::parse(argument), argument.to_owned()));
@@ -1036,7 +1043,7 @@ fn delete_call(
     {
         return Err(version_mismatch());
     }
-    store.remove(table, &id);
+    store.delete(table, &id);
     // Relationships behave as "Remove Link": rows pointing here lose the lookup.
     let now = call.sandbox.now_dataverse();
     for (logical, row_id, property) in store.referencing(&state.schema, &id) {

@@ -1,5 +1,6 @@
 //! `GET /<set>`: `$select`, `$filter`, `$orderby`, `$top`, `$count`, `$expand`, and
 //! server-driven paging with `Prefer: odata.maxpagesize` and an opaque `$skiptoken`.
+//! Change tracking requests go to [`super::tracking`].
 //!
 //! Paging is keyset-based, like Dataverse's paging cookie: the token carries the sort
 //! values and id of the last row served, so rows created or deleted between pages neither
@@ -297,6 +298,9 @@ fn context(call: &Call<'_>, table: &Table, shape: &Shape) -> String {
 
 /// `GET /<set>`.
 pub fn list(call: &Call<'_>, state: &State, table: &Table) -> Result<Response, DvError> {
+    if super::tracking::applies(call) {
+        return super::tracking::list(call, state, table);
+    }
     let query = parse_query(call, state, table)?;
     let store = lock(&state.store);
     let Some(rows) = store.rows(table) else {
@@ -397,6 +401,9 @@ pub fn list(call: &Call<'_>, state: &State, table: &Table) -> Result<Response, D
 
 /// `GET /<set>/$count`: the number of rows (capped at 5,000), as plain text.
 pub fn count(call: &Call<'_>, state: &State, table: &Table) -> Result<Response, DvError> {
+    if call.option("$deltatoken").is_some() {
+        return super::tracking::count(call, state, table);
+    }
     let filter = match call.option("$filter") {
         Some(text) => Some(odata::parse_filter(&text).map_err(|e| option_error(e.to_string()))?),
         None => None,

@@ -254,6 +254,10 @@ pub struct TableDef {
     pub primary_name: String,
     /// Display name.
     pub display_name: Option<String>,
+    /// Whether change tracking is enabled (`ChangeTrackingEnabled`): only then does
+    /// `Prefer: odata.track-changes` return a delta link.
+    #[serde(default)]
+    pub change_tracking: bool,
     /// Alternate keys.
     #[serde(default)]
     pub alternate_keys: Vec<KeyDef>,
@@ -500,6 +504,14 @@ mod tests {
             Some(("customerid", "account"))
         );
         assert!(opportunity.by_property("_parentaccountid_value").is_some());
+        assert!(opportunity.def.change_tracking);
+        assert!(
+            !schema
+                .by_set("transactioncurrencies")
+                .unwrap()
+                .def
+                .change_tracking
+        );
         assert_eq!(
             schema.table("transactioncurrency").unwrap().def.rows.len(),
             7

@@ -23,6 +23,9 @@ pub struct Rows {
     pub rows: BTreeMap<String, Value>,
     /// One index per alternate key: normalized key values → row id.
     keys: Vec<HashMap<String, String>>,
+    /// Tombstones of deleted rows: id → the row version the deletion got, so a change
+    /// tracking delta can report deletions that happened after its token.
+    pub deleted: BTreeMap<String, u64>,
 }
 
 /// Every table's rows and the organization-wide row version counter.
@@ -101,6 +104,12 @@ impl Store {
     /// A new row version.
     pub fn next_version(&mut self) -> u64 {
         self.version += 1;
+        self.version
+    }
+
+    /// The last row version handed out: everything up to it has happened (the
+    /// watermark of a change tracking token).
+    pub fn current_version(&self) -> u64 {
         self.version
     }
 
@@ -183,6 +192,8 @@ impl Store {
         }
         let entries = Self::check_keys(table, rows, &row, None)?;
         Self::index(rows, entries, &id);
+        // A row created again under a deleted id is no longer deleted.
+        rows.deleted.remove(&id);
         rows.rows.insert(id.clone(), row);
         Ok(id)
     }
@@ -206,7 +217,19 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes a row; returns it.
+    /// Deletes a row the way a `DELETE` does: removes it and leaves a tombstone with a
+    /// new row version for change tracking. Returns the row.
+    pub fn delete(&mut self, table: &Table, id: &str) -> Option<Value> {
+        let row = self.remove(table, id)?;
+        let version = self.next_version();
+        if let Some(rows) = self.tables.get_mut(table.logical()) {
+            rows.deleted.insert(id.to_owned(), version);
+        }
+        Some(row)
+    }
+
+    /// Takes a row out without a tombstone (undoing a create that never became visible);
+    /// returns it.
     pub fn remove(&mut self, table: &Table, id: &str) -> Option<Value> {
         let rows = self.tables.get_mut(table.logical())?;
         let row = rows.rows.remove(id)?;
@@ -264,7 +287,13 @@ impl Store {
                 )
             })
             .collect();
-        json!({ "version": self.version, "tables": tables })
+        let deleted: Map<String, Value> = self
+            .tables
+            .iter()
+            .filter(|(_, rows)| !rows.deleted.is_empty())
+            .map(|(name, rows)| (name.clone(), json!(rows.deleted)))
+            .collect();
+        json!({ "version": self.version, "tables": tables, "deleted": deleted })
     }
 
     /// The inverse of [`Store::snapshot`].
@@ -285,6 +314,20 @@ impl Store {
             store
                 .tables
                 .insert(table.logical().to_owned(), Rows::default());
+            // Tombstones are optional: snapshots written before change tracking have none.
+            if let Some(deleted) = value
+                .get("deleted")
+                .and_then(|d| d.get(table.logical()))
+                .and_then(Value::as_object)
+                && let Some(rows) = store.tables.get_mut(table.logical())
+            {
+                for (id, version) in deleted {
+                    let version = version.as_u64().ok_or_else(|| {
+                        anyhow::anyhow!("{}: tombstone {id} has no version", table.logical())
+                    })?;
+                    rows.deleted.insert(id.clone(), version);
+                }
+            }
             let Some(rows) = tables.get(table.logical()).and_then(Value::as_array) else {
                 continue;
             };
