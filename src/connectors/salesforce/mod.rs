@@ -510,6 +510,16 @@ impl SalesforceClient {
             {
                 Ok(Lookup::Deleted)
             }
+            // An unknown External ID field is a configuration mistake, not a missing record.
+            Err(ConnectorError::NotFound { message, .. })
+                if message.starts_with("Provided external ID field") =>
+            {
+                Err(ConnectorError::NotFound {
+                    api: API,
+                    operation,
+                    message,
+                })
+            }
             Err(ConnectorError::NotFound { .. }) => Ok(Lookup::Missing),
             Err(error) => Err(error),
         }

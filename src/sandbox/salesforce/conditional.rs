@@ -1,5 +1,6 @@
 //! Conditional request headers on sObject Rows ("Conditional Request Headers", REST API
-//! guide; `shared/reference/crm-apis.md` B7).
+//! guide; `shared/reference/crm-apis.md` B7), by id; reads by External ID share the GET path
+//! and honour the read headers too.
 //!
 //! - Weak validation, every object: `If-Unmodified-Since` on PATCH and DELETE (412 when the
 //!   record's `LastModifiedDate` is later), `If-Modified-Since` on GET (304 when it is not).
