@@ -1,7 +1,7 @@
 //! The Salesforce REST API emulator: `/services/data/vNN.N/…`.
 //!
 //! - [`schema`]: the objects and fields, from `sandbox/schemas/salesforce.json`.
-//! - [`store`]: records in memory; [`write`]: create/update/delete validation;
+//! - [`store`]: records in memory; [`write`](mod@write): create/update/delete validation;
 //!   [`soql`]: queries; [`ids`]: 15/18-character record ids.
 //!
 //! Resources: the versions list and resource directory, sObject create / retrieve / update /
