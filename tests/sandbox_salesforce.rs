@@ -1231,3 +1231,192 @@ async fn seeded_accounts_match_seed_data_and_survive_snapshots() {
             .is_success()
     );
 }
+
+/// HTTP date of a Salesforce date-time, shifted by `delta` seconds.
+fn http_date(datetime: &str, delta: i64) -> String {
+    use cosell::sandbox::salesforce::conditional::{format_http_date, parse_http_date};
+    let exact = cosell::connectors::salesforce::http_date(datetime).unwrap();
+    format_http_date(parse_http_date(&exact).unwrap() + delta)
+}
+
+async fn last_modified(sf: &Sf, object: &str, id: &str) -> String {
+    let reply = sf
+        .get(&format!(
+            "{V}/sobjects/{object}/{id}?fields=LastModifiedDate"
+        ))
+        .await;
+    reply.body["LastModifiedDate"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn if_unmodified_since_guards_patch_and_delete() {
+    let sf = Sf::new().await;
+    let id = sf.opportunity("Guarded", json!({})).await;
+    let path = format!("{V}/sobjects/Opportunity/{id}");
+    let modified = last_modified(&sf, "Opportunity", &id).await;
+    let patch = |date: String| {
+        let path = path.clone();
+        let sf = &sf;
+        async move {
+            sf.send(
+                Method::PATCH,
+                &path,
+                Some(r#"{"Amount": 5}"#),
+                &[("If-Unmodified-Since", &date)],
+            )
+            .await
+        }
+    };
+
+    // A second before the last change: modified since → 412, nothing written.
+    let refused = patch(http_date(&modified, -1)).await;
+    assert_eq!(refused.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(refused.code(), "PRECONDITION_FAILED");
+    assert!(
+        refused.message().contains("modified since"),
+        "{}",
+        refused.message()
+    );
+    let record = sf.get(&path).await;
+    assert_eq!(record.body["Amount"], Value::Null);
+
+    // The very second of the change (HTTP dates drop the milliseconds): not modified since.
+    assert_eq!(
+        patch(http_date(&modified, 0)).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let modified = last_modified(&sf, "Opportunity", &id).await;
+    assert_eq!(
+        patch(http_date(&modified, 60)).await.status,
+        StatusCode::NO_CONTENT
+    );
+
+    // Invalid dates on a write are a 400.
+    let invalid = patch("yesterday".to_owned()).await;
+    assert_eq!(invalid.status, StatusCode::BAD_REQUEST);
+    assert_eq!(invalid.code(), "INVALID_HEADER_VALUE");
+
+    // DELETE: refused while stale, done once current.
+    let modified = last_modified(&sf, "Opportunity", &id).await;
+    let stale = http_date(&modified, -5);
+    let refused = sf
+        .send(
+            Method::DELETE,
+            &path,
+            None,
+            &[("If-Unmodified-Since", &stale)],
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(sf.get(&path).await.status, StatusCode::OK);
+    let current = http_date(&modified, 0);
+    let deleted = sf
+        .send(
+            Method::DELETE,
+            &path,
+            None,
+            &[("If-Unmodified-Since", &current)],
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn if_modified_since_answers_304_for_unchanged_rows() {
+    let sf = Sf::new().await;
+    let id = sf.opportunity("Cached", json!({})).await;
+    let path = format!("{V}/sobjects/Opportunity/{id}");
+    let modified = last_modified(&sf, "Opportunity", &id).await;
+    let get = |date: String| {
+        let path = path.clone();
+        let sf = &sf;
+        async move {
+            sf.send(Method::GET, &path, None, &[("If-Modified-Since", &date)])
+                .await
+        }
+    };
+    let unchanged = get(http_date(&modified, 0)).await;
+    assert_eq!(unchanged.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(unchanged.body, Value::Null);
+    let changed = get(http_date(&modified, -1)).await;
+    assert_eq!(changed.status, StatusCode::OK);
+    assert_eq!(changed.body["Name"], "Cached");
+    // An unreadable date on a read is ignored.
+    assert_eq!(get("soon".to_owned()).await.status, StatusCode::OK);
+    // Opportunities carry no ETag.
+    assert!(changed.headers.get("etag").is_none());
+}
+
+#[tokio::test]
+async fn account_etags_with_if_match_and_if_none_match() {
+    let sf = Sf::new().await;
+    let id = sf.create("Account", json!({"Name": "Tagged"})).await;
+    let path = format!("{V}/sobjects/Account/{id}");
+    let read = sf.get(&path).await;
+    let etag = read.headers["etag"].to_str().unwrap().to_owned();
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+    // Same tag whichever fields were asked for.
+    let partial = sf.get(&format!("{path}?fields=Name")).await;
+    assert_eq!(partial.headers["etag"].to_str().unwrap(), etag);
+
+    let patch = |headers: Vec<(&'static str, String)>, name: &'static str| {
+        let path = path.clone();
+        let sf = &sf;
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            sf.send(
+                Method::PATCH,
+                &path,
+                Some(&json!({ "Name": name }).to_string()),
+                &headers,
+            )
+            .await
+        }
+    };
+
+    let wrong = patch(vec![("If-Match", "\"bm90LXRoaXM=\"".into())], "Nope").await;
+    assert_eq!(wrong.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(wrong.code(), "PRECONDITION_FAILED");
+    // Any tag of the list may match; the `-gzip` suffix Salesforce adds is accepted.
+    let gzip = format!("{}-gzip\"", etag.trim_end_matches('"'));
+    let listed = patch(vec![("If-Match", format!("\"other\", {gzip}"))], "Renamed").await;
+    assert_eq!(listed.status, StatusCode::NO_CONTENT);
+    // The old tag is stale now.
+    let stale = patch(vec![("If-Match", etag.clone())], "Stale").await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
+    let current = sf.get(&path).await;
+    assert_eq!(current.body["Name"], "Renamed");
+    let new_tag = current.headers["etag"].to_str().unwrap().to_owned();
+    assert_ne!(new_tag, etag);
+
+    // If-None-Match: 304 on a read when it matches, 412 on a write.
+    let cached = sf
+        .send(Method::GET, &path, None, &[("If-None-Match", &new_tag)])
+        .await;
+    assert_eq!(cached.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(cached.headers["etag"].to_str().unwrap(), new_tag);
+    let old = sf
+        .send(Method::GET, &path, None, &[("If-None-Match", &etag)])
+        .await;
+    assert_eq!(old.status, StatusCode::OK);
+    let star = patch(vec![("If-None-Match", "*".into())], "Never").await;
+    assert_eq!(star.status, StatusCode::PRECONDITION_FAILED);
+
+    // Malformed tags on a write are a 400.
+    let invalid = patch(vec![("If-Match", "unquoted".into())], "Never").await;
+    assert_eq!(invalid.status, StatusCode::BAD_REQUEST);
+    assert_eq!(invalid.code(), "INVALID_HEADER_VALUE");
+
+    // Other objects ignore If-Match, as Salesforce does.
+    let opportunity = sf.opportunity("Untagged", json!({})).await;
+    let ignored = sf
+        .send(
+            Method::PATCH,
+            &format!("{V}/sobjects/Opportunity/{opportunity}"),
+            Some(r#"{"Amount": 1}"#),
+            &[("If-Match", "\"anything\"")],
+        )
+        .await;
+    assert_eq!(ignored.status, StatusCode::NO_CONTENT);
+}

@@ -1,13 +1,14 @@
 //! The Salesforce REST API emulator: `/services/data/vNN.N/…`.
 //!
 //! - [`schema`]: the objects and fields, from `sandbox/schemas/salesforce.json`.
-//! - [`store`]: records in memory; [`write`]: create/update/delete validation;
+//! - [`store`]: records in memory; [`write`](mod@write): create/update/delete validation;
 //!   [`soql`]: queries; [`ids`]: 15/18-character record ids.
 //!
 //! Resources: the versions list and resource directory, sObject create / retrieve / update /
 //! delete, get / upsert / delete by External ID, describe and describeGlobal, `updated` and
 //! `deleted`, `query` / `queryAll` with cursors (`nextRecordsUrl`), `limits`, and sObject
-//! Collections (`composite/sobjects`). Errors are Salesforce's `[{"message","errorCode",
+//! Collections (`composite/sobjects`). sObject Rows honour conditional request headers
+//! ([`conditional`]). Errors are Salesforce's `[{"message","errorCode",
 //! "fields"}]` arrays with its codes and wording (`shared/reference/crm-apis.md` part B).
 //!
 //! Bearer tokens, the daily API allocation, `Sforce-Limit-Info` and injected faults are
@@ -16,6 +17,7 @@
 //! `/services/data/vXX.X/sobjects/Opportunity/{id}` (the object name is kept — it is part
 //! of the API surface, not an id — but unknown names become `{sobject}`).
 
+pub mod conditional;
 pub mod ids;
 pub mod schema;
 pub mod soql;
@@ -36,6 +38,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Api, Endpoint, Rng, Sandbox, json_response, lock, seed_data};
+use conditional::Conditions;
 use schema::Schema;
 use soql::{Ordered, Out};
 use store::Store;
@@ -629,7 +632,14 @@ fn get_record(call: &Call<'_>, object: usize, row: u32) -> Response {
         Err(error) => return sf_errors(StatusCode::BAD_REQUEST, &error),
     };
     let state = call.state();
+    let obj = &state.schema.objects[object];
+    let account = is_account(obj);
+    let conditions = Conditions::for_read(&call.headers, account);
     let data = lock(&state.data);
+    let stored = &data.store.tables[object].records[row as usize];
+    if conditions.not_modified(obj, stored) {
+        return conditional::not_modified(obj, stored, account);
+    }
     let record = soql::render_record(
         &state.schema,
         &data.store,
@@ -638,13 +648,34 @@ fn get_record(call: &Call<'_>, object: usize, row: u32) -> Response {
         fields.as_deref(),
         &call.version,
     );
-    ordered_response(StatusCode::OK, &record)
+    let mut response = ordered_response(StatusCode::OK, &record);
+    if account {
+        conditional::add_etag(&mut response, obj, stored);
+    }
+    response
 }
 
-fn update(call: &Call<'_>, object: usize, row: u32, body: &Body) -> Result<(), SfError> {
+/// ETags and `If-Match` / `If-None-Match` exist for Account rows only (B7).
+fn is_account(object: &schema::Object) -> bool {
+    object.name == "Account"
+}
+
+/// Updates `row` if `conditions` hold, checked under the same lock as the write so no
+/// other request can slip in between.
+fn update(
+    call: &Call<'_>,
+    object: usize,
+    row: u32,
+    body: &Body,
+    conditions: &Conditions,
+) -> Result<(), Response> {
     let state = call.state();
     let now = call.sandbox.now_salesforce();
     let mut data = lock(&state.data);
+    conditions.check_write(
+        &state.schema.objects[object],
+        &data.store.tables[object].records[row as usize],
+    )?;
     write::save(
         &state.schema,
         &mut data.store,
@@ -656,16 +687,24 @@ fn update(call: &Call<'_>, object: usize, row: u32, body: &Body) -> Result<(), S
         Target::Update(row),
         &now,
         &mut Vec::new(),
-    )?;
+    )
+    .map_err(|error| sf_errors(StatusCode::BAD_REQUEST, &error))?;
     drop(data);
     call.sandbox.changed();
     Ok(())
 }
 
-fn remove(call: &Call<'_>, object: usize, row: u32) -> Response {
+/// Deletes `row` if `conditions` hold (checked under the write's lock).
+fn remove(call: &Call<'_>, object: usize, row: u32, conditions: &Conditions) -> Response {
     let state = call.state();
     let now = call.sandbox.now_salesforce();
     let mut data = lock(&state.data);
+    if let Err(refused) = conditions.check_write(
+        &state.schema.objects[object],
+        &data.store.tables[object].records[row as usize],
+    ) {
+        return refused;
+    }
     write::delete(&state.schema, &mut data.store, object, row, &now);
     drop(data);
     call.sandbox.changed();
@@ -694,16 +733,26 @@ fn record(call: &Call<'_>, object: usize, id: &str) -> Response {
         (Found::Deleted, _) => deleted(),
         (Found::Live(row), &Method::GET | &Method::HEAD) => get_record(call, object, row),
         (Found::Live(row), &Method::PATCH) => {
+            let conditions =
+                match Conditions::for_write(&call.headers, is_account(&schema.objects[object])) {
+                    Ok(conditions) => conditions,
+                    Err(invalid) => return invalid,
+                };
             let body = match write::parse_body(&call.body, &schema.objects[object].name) {
                 Ok(body) => body,
                 Err(error) => return sf_errors(StatusCode::BAD_REQUEST, &error),
             };
-            match update(call, object, row, &body) {
+            match update(call, object, row, &body, &conditions) {
                 Ok(()) => StatusCode::NO_CONTENT.into_response(),
-                Err(error) => sf_errors(StatusCode::BAD_REQUEST, &error),
+                Err(refused) => refused,
             }
         }
-        (Found::Live(row), &Method::DELETE) => remove(call, object, row),
+        (Found::Live(row), &Method::DELETE) => {
+            match Conditions::for_write(&call.headers, is_account(&schema.objects[object])) {
+                Ok(conditions) => remove(call, object, row, &conditions),
+                Err(invalid) => invalid,
+            }
+        }
         (Found::Live(_), method) => method_not_allowed(method, allowed),
     }
 }
@@ -776,7 +825,7 @@ fn by_external_id(call: &Call<'_>, object: usize, field_name: &str, value: &str)
             None => not_found(),
         },
         Method::DELETE => match row {
-            Some(row) => remove(call, object, row),
+            Some(row) => remove(call, object, row, &Conditions::default()),
             None => not_found(),
         },
         Method::PATCH => upsert(call, object, field, value, row),
@@ -815,7 +864,7 @@ fn upsert(call: &Call<'_>, object: usize, field: usize, value: &str, row: Option
     // body (before: 204). UNVERIFIED for single-record upsert; documented for collections.
     let modern = call.major >= 46;
     match row {
-        Some(row) => match update(call, object, row, &body) {
+        Some(row) => match update(call, object, row, &body, &Conditions::default()) {
             Ok(()) if modern => {
                 let data = lock(&state.data);
                 let id = data.store.tables[object].records[row as usize]
@@ -824,7 +873,7 @@ fn upsert(call: &Call<'_>, object: usize, field: usize, value: &str, row: Option
                 ordered_response(StatusCode::OK, &save_result(&id, Some(false)))
             }
             Ok(()) => StatusCode::NO_CONTENT.into_response(),
-            Err(error) => sf_errors(StatusCode::BAD_REQUEST, &error),
+            Err(refused) => refused,
         },
         None => {
             if field == obj.id_field {
