@@ -655,7 +655,7 @@ async fn a_wrong_secret_is_an_auth_error_that_never_shows_the_secret() {
 #[tokio::test]
 async fn from_config_resolves_references_and_requires_the_tenant() {
     let env = Env::start().await;
-    let conn = |tenant: Option<&str>| CrmConnection {
+    let conn = |tenant: Option<&str>, authority: Option<&str>| CrmConnection {
         base_url: "${DV_URL}".into(),
         api_version: Some("v9.2".into()),
         auth: CrmAuth {
@@ -665,6 +665,7 @@ async fn from_config_resolves_references_and_requires_the_tenant() {
             refresh_token: None,
             private_key: None,
             username: None,
+            authority: authority.map(str::to_owned),
         },
         budget: Budget {
             concurrent: Some(4),
@@ -680,27 +681,32 @@ async fn from_config_resolves_references_and_requires_the_tenant() {
         _ => None,
     };
 
-    let error = DataverseClient::from_config(&conn(None), &vars, &[]).unwrap_err();
+    let error = DataverseClient::from_config(&conn(None, None), &vars, &[]).unwrap_err();
     assert!(
         error.to_string().contains("connections.crm.auth.tenant_id"),
         "{error}"
     );
-    let error = DataverseClient::from_config(&conn(Some("t")), &|_| None, &[]).unwrap_err();
+    let error = DataverseClient::from_config(&conn(Some("t"), None), &|_| None, &[]).unwrap_err();
     assert!(
         error.to_string().contains("connections.crm.base_url"),
         "{error}"
     );
 
-    let mut settings =
-        DataverseSettings::from_config(&conn(Some("${TENANT}")), &vars, &[]).unwrap();
+    let settings =
+        DataverseSettings::from_config(&conn(Some("${TENANT}"), None), &vars, &[]).unwrap();
     assert_eq!(settings.base_url, env.base);
     assert_eq!(settings.tenant_id, "contoso");
     assert_eq!(settings.client_secret.expose(), "sandbox-secret");
     assert_eq!(settings.budget.concurrent, Some(4));
-    // CrmAuth names no authority: the public cloud is the default; the sandbox needs its own.
-    assert_eq!(settings.authority, "https://login.microsoftonline.com");
-    settings.authority = env.base.clone();
-    let client = DataverseClient::new(settings).unwrap();
+    assert_eq!(
+        settings.authority, "https://login.microsoftonline.com",
+        "the public cloud by default"
+    );
+
+    // `auth.authority` points the token requests elsewhere (here: the sandbox).
+    let client =
+        DataverseClient::from_config(&conn(Some("${TENANT}"), Some("${DV_URL}")), &vars, &[])
+            .unwrap();
     assert_eq!(
         client.currency_id("GBP").await.unwrap().as_deref(),
         Some("7a5e1c2d-0000-4000-8000-000000000003")

@@ -670,6 +670,7 @@ async fn insecure_urls_and_missing_credentials_are_config_errors() {
         refresh_token: None,
         private_key: None,
         username: None,
+        authority: None,
     };
     let vars: HashMap<&str, String> = HashMap::from([
         ("SF_LOGIN", handle.base_url().to_owned()),

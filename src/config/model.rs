@@ -170,6 +170,10 @@ pub struct CrmAuth {
     /// Salesforce user the JWT bearer flow acts as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// Entra ID token host (Dataverse only). Default `https://login.microsoftonline.com`;
+    /// set it for a sovereign cloud or the local sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
 }
 
 /// A reference to a secret: `${ENV}`, `${ENV:-default}` or `${file:/path}`. The value is read

@@ -194,7 +194,7 @@ impl TokenSource {
             Grant::SalesforceJwtBearer {
                 username: username.to_owned(),
                 private_key,
-                audience: login_url.trim_end_matches('/').to_owned(),
+                audience: jwt_audience(login_url),
             },
             http,
         ))
@@ -367,6 +367,28 @@ impl TokenSource {
     }
 }
 
+/// The `aud` Salesforce expects in a JWT bearer assertion: `https://login.salesforce.com`
+/// for production (also when logging in through a My Domain), `https://test.salesforce.com`
+/// for sandbox orgs, and the login URL itself for anything else (an Experience Cloud site,
+/// the local sandbox).
+fn jwt_audience(login_url: &str) -> String {
+    let trimmed = login_url.trim_end_matches('/');
+    let host = trimmed
+        .split_once("://")
+        .map_or(trimmed, |(_, rest)| rest)
+        .split(['/', ':'])
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if host == "test.salesforce.com" || host.ends_with(".sandbox.my.salesforce.com") {
+        "https://test.salesforce.com".to_owned()
+    } else if host == "login.salesforce.com" || host.ends_with(".my.salesforce.com") {
+        "https://login.salesforce.com".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
 fn entra_token_url(authority: &str, tenant: &str) -> String {
     format!(
         "{}/{tenant}/oauth2/v2.0/token",
@@ -433,4 +455,35 @@ fn jwt_assertion(
         message: "the Salesforce private_key could not sign the JWT assertion".to_owned(),
     })?;
     Ok(format!("{signing_input}.{}", engine.encode(signature)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwt_audience_follows_the_org_kind() {
+        for (login, audience) in [
+            (
+                "https://login.salesforce.com",
+                "https://login.salesforce.com",
+            ),
+            (
+                "https://contoso.my.salesforce.com/",
+                "https://login.salesforce.com",
+            ),
+            (
+                "https://contoso--uat.sandbox.my.salesforce.com",
+                "https://test.salesforce.com",
+            ),
+            ("https://test.salesforce.com", "https://test.salesforce.com"),
+            (
+                "https://partners.contoso.com/portal",
+                "https://partners.contoso.com/portal",
+            ),
+            ("http://127.0.0.1:8787", "http://127.0.0.1:8787"),
+        ] {
+            assert_eq!(jwt_audience(login), audience, "{login}");
+        }
+    }
 }

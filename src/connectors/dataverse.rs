@@ -35,8 +35,8 @@ use serde_json::{Map, Value};
 
 use super::auth::TokenSource;
 use super::http::{CallStats, Reply, Request, Upstream, UpstreamOptions, http_client};
-use super::{ConnectorError, Secret, SecretEnv, lock, require_https, resolve_secret};
-use crate::config::model::{Budget, CrmConnection, SecretRef};
+use super::{ConnectorError, Secret, SecretEnv, lock, require_https, resolve_secret, resolve_text};
+use crate::config::model::{Budget, CrmConnection};
 use crate::mapping::transforms::datetime::DateTime;
 
 /// The API name in errors, logs and metrics.
@@ -105,9 +105,8 @@ impl DataverseSettings {
     /// Settings from the configuration's `connections.crm`, resolving references
     /// (`${ENV}`, `${file:…}`) through `env`. The tenant and the client secret are required.
     ///
-    /// `CrmAuth` has no `authority` field, so the public cloud is assumed; a caller that
-    /// needs another token host (the sandbox, a sovereign cloud) sets
-    /// [`DataverseSettings::authority`] on the result.
+    /// The token host is `connections.crm.auth.authority` (a sovereign cloud, the sandbox),
+    /// by default the public cloud's `https://login.microsoftonline.com`.
     pub fn from_config(
         conn: &CrmConnection,
         env: SecretEnv<'_>,
@@ -139,19 +138,14 @@ impl DataverseSettings {
         if let Some(version) = &conn.api_version {
             settings.api_version = version.trim().to_owned();
         }
+        if let Some(authority) = &conn.auth.authority {
+            settings.authority = resolve_text("connections.crm.auth.authority", authority, env)?;
+        }
         settings.budget = conn.budget.clone();
         settings.allow_insecure_http = conn.allow_insecure_http;
         settings.trusted_certificates = trusted.to_vec();
         Ok(settings)
     }
-}
-
-/// A non-secret connection value that may hold references (`https://${ORG}.crm…`).
-fn resolve_text(field: &str, text: &str, env: SecretEnv<'_>) -> Result<String, ConnectorError> {
-    Ok(resolve_secret(field, &SecretRef(text.to_owned()), env)?
-        .expose()
-        .trim()
-        .to_owned())
 }
 
 /// One row as the service returned it.

@@ -244,10 +244,10 @@ pub fn process_env(name: &str) -> Option<String> {
 /// when it contains `${`, returned as is otherwise.
 pub fn resolve_text(field: &str, text: &str, env: SecretEnv<'_>) -> Result<String, ConnectorError> {
     if !text.contains("${") {
-        return Ok(text.to_owned());
+        return Ok(text.trim().to_owned());
     }
     crate::config::secrets::resolve_with(text, env)
-        .map(|value| value.expose().to_owned())
+        .map(|value| value.expose().trim().to_owned())
         .map_err(|error| ConnectorError::Config {
             message: format!("{field}: cannot resolve {text}: {error}"),
         })

@@ -225,13 +225,8 @@ impl PartnerCenterClient {
         trusted: &[String],
     ) -> Result<Self, ConnectorError> {
         const FIELD: &str = "connections.partner_center";
-        let text = |field: &str, value: &str| -> Result<String, ConnectorError> {
-            crate::config::secrets::resolve_with(value, env)
-                .map(|resolved| resolved.expose().trim().to_owned())
-                .map_err(|error| ConnectorError::Config {
-                    message: format!("{FIELD}.{field}: {error}"),
-                })
-        };
+        let text =
+            |field: &str, value: &str| super::resolve_text(&format!("{FIELD}.{field}"), value, env);
         let auth = &connection.auth;
         let secret = |field: &str, reference: &Option<crate::config::model::SecretRef>| {
             reference

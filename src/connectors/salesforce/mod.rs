@@ -330,13 +330,7 @@ impl SalesforceClient {
         const AUTH: &str = "connections.crm.auth";
         let auth = &connection.auth;
         // Non-secret values may interpolate references too (`https://${MY_DOMAIN}…`).
-        let plain = |field: &str, text: &str| -> Result<String, ConnectorError> {
-            crate::config::secrets::resolve_with(text, env)
-                .map(|value| value.expose().to_owned())
-                .map_err(|error| ConnectorError::Config {
-                    message: format!("{field}: {error}"),
-                })
-        };
+        let plain = |field: &str, text: &str| super::resolve_text(field, text, env);
         let client_id = plain(&format!("{AUTH}.client_id"), &auth.client_id)?;
         let secret = |name: &str, reference: &crate::config::model::SecretRef| {
             resolve_secret(&format!("{AUTH}.{name}"), reference, env)
