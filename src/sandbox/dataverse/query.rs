@@ -46,36 +46,42 @@ struct Cookie {
 }
 
 impl Cookie {
-    /// `<cookie pagenumber="2" pagingcookie="…" istracking="False" />`, the shape of
-    /// Dataverse's tokens, with our state base64url-encoded inside.
     fn encode(&self) -> String {
-        let state = json!({ "k": self.keys, "id": self.id }).to_string();
-        let inner = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(state);
-        format!(
-            "<cookie pagenumber=\"{}\" pagingcookie=\"{inner}\" istracking=\"False\" />",
-            self.page
-        )
+        encode_cookie(self.page, &json!({ "k": self.keys, "id": self.id }), false)
     }
 
     fn decode(text: &str) -> Option<Cookie> {
-        let page = text
-            .split("pagenumber=\"")
-            .nth(1)?
-            .split('"')
-            .next()?
-            .parse()
-            .ok()?;
-        let inner = text.split("pagingcookie=\"").nth(1)?.split('"').next()?;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(inner)
-            .ok()?;
-        let state: Value = serde_json::from_slice(&bytes).ok()?;
+        let (page, state) = decode_cookie(text)?;
         Some(Cookie {
             page,
             keys: state.get("k")?.as_array()?.clone(),
             id: state.get("id")?.as_str()?.to_owned(),
         })
     }
+}
+
+/// `<cookie pagenumber="2" pagingcookie="…" istracking="False" />`, the shape of
+/// Dataverse's `$skiptoken`s, with our paging state base64url-encoded inside.
+pub(super) fn encode_cookie(page: u64, state: &Value, tracking: bool) -> String {
+    let inner = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(state.to_string());
+    let tracking = if tracking { "True" } else { "False" };
+    format!("<cookie pagenumber=\"{page}\" pagingcookie=\"{inner}\" istracking=\"{tracking}\" />")
+}
+
+/// The page number and state of a cookie made by [`encode_cookie`].
+pub(super) fn decode_cookie(text: &str) -> Option<(u64, Value)> {
+    let page = text
+        .split("pagenumber=\"")
+        .nth(1)?
+        .split('"')
+        .next()?
+        .parse()
+        .ok()?;
+    let inner = text.split("pagingcookie=\"").nth(1)?.split('"').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(inner)
+        .ok()?;
+    Some((page, serde_json::from_slice(&bytes).ok()?))
 }
 
 fn option_error(message: String) -> DvError {

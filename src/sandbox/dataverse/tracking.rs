@@ -19,7 +19,6 @@
 
 use axum::http::StatusCode;
 use axum::response::Response;
-use base64::Engine as _;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Map, Value, json};
 
@@ -97,27 +96,12 @@ struct Cookie {
 
 impl Cookie {
     fn encode(&self) -> String {
-        let state = json!({ "s": self.snapshot, "id": self.id, "v": self.version }).to_string();
-        let inner = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(state);
-        format!(
-            "<cookie pagenumber=\"{}\" pagingcookie=\"{inner}\" istracking=\"True\" />",
-            self.page
-        )
+        let state = json!({ "s": self.snapshot, "id": self.id, "v": self.version });
+        super::query::encode_cookie(self.page, &state, true)
     }
 
     fn decode(text: &str) -> Option<Cookie> {
-        let page = text
-            .split("pagenumber=\"")
-            .nth(1)?
-            .split('"')
-            .next()?
-            .parse()
-            .ok()?;
-        let inner = text.split("pagingcookie=\"").nth(1)?.split('"').next()?;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(inner)
-            .ok()?;
-        let state: Value = serde_json::from_slice(&bytes).ok()?;
+        let (page, state) = super::query::decode_cookie(text)?;
         Some(Cookie {
             page,
             snapshot: state.get("s")?.as_u64()?,
