@@ -1,6 +1,8 @@
 //! The Dataverse Web API emulator over real HTTP: what it accepts, what it rejects, and the
 //! status codes, headers and error bodies it answers with (crm-apis.md PART A).
 
+mod common;
+
 use cosell::sandbox::{SandboxHandle, SandboxOptions, start};
 use reqwest::{Method, StatusCode, header::HeaderMap};
 use serde_json::{Value, json};
@@ -34,30 +36,12 @@ impl Reply {
     }
 }
 
-async fn token(client: &reqwest::Client, base: &str, scope: &str) -> String {
-    let reply: Value = client
-        .post(format!("{base}/common/oauth2/v2.0/token"))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", "cosell-sandbox"),
-            ("client_secret", "sandbox-secret"),
-            ("scope", scope),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    reply["access_token"].as_str().unwrap().to_owned()
-}
-
 impl Dv {
     async fn start() -> Dv {
         let handle = start(SandboxOptions::default()).await.unwrap();
         let base = handle.base_url().to_owned();
         let client = reqwest::Client::new();
-        let token = token(&client, &base, &format!("{base}/.default")).await;
+        let token = common::entra_token(&base, &format!("{base}/.default")).await;
         Dv {
             client,
             base,
@@ -1104,12 +1088,7 @@ async fn tokens_are_required_and_must_be_for_dataverse() {
     let reply = dv.client.get(dv.url("accounts")).send().await.unwrap();
     assert_eq!(reply.status(), StatusCode::UNAUTHORIZED);
     assert!(reply.headers().get("www-authenticate").is_some());
-    let partner = token(
-        &dv.client,
-        &dv.base,
-        "https://api.partner.microsoft.com/.default",
-    )
-    .await;
+    let partner = common::entra_token(&dv.base, "https://api.partner.microsoft.com/.default").await;
     let reply = dv
         .client
         .get(dv.url("accounts"))
@@ -1551,7 +1530,7 @@ async fn change_tracking_refuses_what_the_service_refuses() {
         .await
         .unwrap();
     assert!(reply.status().is_success());
-    let fresh = token(&dv.client, &dv.base, &format!("{}/.default", dv.base)).await;
+    let fresh = common::entra_token(&dv.base, &format!("{}/.default", dv.base)).await;
     let reply = dv
         .client
         .get(&link)

@@ -4,6 +4,9 @@
 
 use std::collections::HashSet;
 
+mod common;
+
+use common::entra_token as token;
 use cosell::sandbox::{self, SandboxHandle, SandboxOptions};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -12,24 +15,6 @@ const PARTNER_SCOPE: &str = "https://api.partner.microsoft.com/.default";
 
 async fn start() -> SandboxHandle {
     sandbox::start(SandboxOptions::default()).await.unwrap()
-}
-
-async fn token(base: &str, scope: &str) -> String {
-    let response: Value = reqwest::Client::new()
-        .post(format!("{base}/contoso.onmicrosoft.com/oauth2/v2.0/token"))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", "cosell-sandbox"),
-            ("client_secret", "sandbox-secret"),
-            ("scope", scope),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    response["access_token"].as_str().unwrap().to_owned()
 }
 
 struct Pc {

@@ -1,6 +1,8 @@
 //! The Salesforce REST API emulator over real HTTP: sObject CRUD, upsert by External ID,
 //! the errors Salesforce returns, SOQL with cursors, limits and quotas.
 
+mod common;
+
 use cosell::sandbox::{SandboxHandle, SandboxOptions, start};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
@@ -34,21 +36,7 @@ impl Sf {
     async fn new() -> Sf {
         let handle = start(SandboxOptions::default()).await.unwrap();
         let client = reqwest::Client::new();
-        let token: Value = client
-            .post(format!("{}/services/oauth2/token", handle.base_url()))
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", "cosell-sandbox"),
-                ("client_secret", "sandbox-secret"),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(token["instance_url"], handle.base_url());
-        let token = token["access_token"].as_str().unwrap().to_owned();
+        let token = common::salesforce_token(handle.base_url()).await;
         Sf {
             handle,
             client,

@@ -2,6 +2,9 @@
 //! API, signed delivery to a receiver, retries, the offline queue, drop faults and
 //! persistence with `--data`.
 
+mod common;
+
+use common::entra_token as token;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,26 +46,6 @@ fn client() -> reqwest::Client {
         .no_proxy()
         .build()
         .expect("client")
-}
-
-async fn token(base: &str, scope: &str) -> String {
-    let response = client()
-        .post(format!("{base}/common/oauth2/v2.0/token"))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", "cosell-sandbox"),
-            ("client_secret", "sandbox-secret"),
-            ("scope", scope),
-        ])
-        .send()
-        .await
-        .expect("token call");
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.expect("token json");
-    body["access_token"]
-        .as_str()
-        .expect("access_token")
-        .to_owned()
 }
 
 /// A registration API caller with a webhook-scope token.

@@ -1,0 +1,59 @@
+//! Helpers shared by the integration tests: tokens from the sandbox's token endpoints and
+//! control-API calls. Each test binary uses a subset.
+#![allow(dead_code)]
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// An Entra ID access token for `scope` (client credentials with the sandbox app).
+pub async fn entra_token(base: &str, scope: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/common/oauth2/v2.0/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "cosell-sandbox"),
+            ("client_secret", "sandbox-secret"),
+            ("scope", scope),
+        ])
+        .send()
+        .await
+        .expect("token call");
+    assert_eq!(response.status(), StatusCode::OK, "token endpoint refused");
+    let body: Value = response.json().await.expect("token JSON");
+    body["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned()
+}
+
+/// A Salesforce access token (client credentials with the sandbox app).
+pub async fn salesforce_token(base: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/services/oauth2/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "cosell-sandbox"),
+            ("client_secret", "sandbox-secret"),
+        ])
+        .send()
+        .await
+        .expect("token call");
+    assert_eq!(response.status(), StatusCode::OK, "token endpoint refused");
+    let body: Value = response.json().await.expect("token JSON");
+    body["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned()
+}
+
+/// `POST {base}{path}` on the control API; the status and the JSON body (null when empty).
+pub async fn control(base: &str, path: &str, body: &Value) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(body)
+        .send()
+        .await
+        .expect("control call");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
