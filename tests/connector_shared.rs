@@ -84,7 +84,7 @@ async fn a_429_and_503_storm_completes_every_operation_once_within_budget() {
     control(
         &base,
         "/_sandbox/faults",
-        &json!({"partner_center": {"errors": [
+        &json!({"partner_center": {"latency_ms": 25, "errors": [
             {"rate": 0.2, "status": 429, "retry_after_seconds": 1},
             {"rate": 0.1, "status": 503, "retry_after_seconds": 1}
         ]}}),
@@ -131,10 +131,16 @@ async fn a_429_and_503_storm_completes_every_operation_once_within_budget() {
     let throttled = api["status"]["429"].as_u64().unwrap_or(0);
     let unavailable = api["status"]["503"].as_u64().unwrap_or(0);
     assert!(throttled > 50 && unavailable > 20, "{api}");
-    assert!(api["max_in_flight"].as_u64().unwrap() <= 8, "{api}");
+    // With 25 ms per call the cap is reached, so the bound is really tested.
+    let in_flight = api["max_in_flight"].as_u64().unwrap();
+    assert!((4..=8).contains(&in_flight), "{api}");
     assert!(api["peak_per_second"].as_u64().unwrap() <= 100, "{api}");
     let client = upstream.stats();
     assert_eq!(client.retries, throttled + unavailable, "{client:?}");
+    println!(
+        "storm: {} calls, {throttled} × 429, {unavailable} × 503, max in flight {}, peak {}/s",
+        api["calls"], api["max_in_flight"], api["peak_per_second"]
+    );
 }
 
 #[tokio::test]
