@@ -931,6 +931,7 @@ impl DataverseClient {
             return Err(ConnectorError::NotFound {
                 api: API,
                 operation: "entity_definition",
+                code: None,
                 message: format!("no table has the entity set {set}"),
             });
         };
@@ -1061,7 +1062,7 @@ impl DataverseClient {
 
 /// A 404 that means "no such row", as opposed to "no such entity set" (`Resource not found
 /// for the segment 'x'`), which is a configuration mistake that must not read as a missing
-/// row. The core's `NotFound` keeps only the message, so the message decides.
+/// row. Both carry the same (often empty) code, so the message decides.
 fn is_missing_row(error: &ConnectorError) -> bool {
     matches!(error, ConnectorError::NotFound { message, .. }
         if !message.starts_with("Resource not found for the segment"))

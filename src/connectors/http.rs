@@ -458,6 +458,7 @@ impl Upstream {
                     return Err(ConnectorError::NotFound {
                         api,
                         operation,
+                        code,
                         message,
                     });
                 }

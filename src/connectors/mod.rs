@@ -45,12 +45,14 @@ pub enum ConnectorError {
         message: String,
     },
     /// 404: the record does not exist (or, in Salesforce, was deleted).
-    #[error("{api} {operation}: not found: {message}")]
+    #[error("{api} {operation}: not found{}: {message}", code_suffix(code))]
     NotFound {
         /// API name.
         api: &'static str,
         /// Operation.
         operation: &'static str,
+        /// The service's error code (`ENTITY_IS_DELETED`, `NOT_FOUND`, `0x80040217`).
+        code: Option<String>,
         /// The service's message.
         message: String,
     },

@@ -720,10 +720,12 @@ fn annotate(error: ConnectorError, note: &str) -> ConnectorError {
         ConnectorError::NotFound {
             api,
             operation,
+            code,
             message,
         } => ConnectorError::NotFound {
             api,
             operation,
+            code,
             message: format!("{note}: {message}"),
         },
         ConnectorError::PreconditionFailed { api, operation } => ConnectorError::Status {

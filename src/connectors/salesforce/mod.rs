@@ -141,7 +141,7 @@ pub struct QueryOptions {
 /// Whether `error` is the [`ConnectorError::NotFound`] that [`SalesforceClient::get`]
 /// returns for a deleted record.
 pub fn is_entity_deleted(error: &ConnectorError) -> bool {
-    matches!(error, ConnectorError::NotFound { message, .. } if message.starts_with("ENTITY_IS_DELETED"))
+    matches!(error, ConnectorError::NotFound { code, .. } if code.as_deref() == Some("ENTITY_IS_DELETED"))
 }
 
 /// The Salesforce REST client. Cheap to clone; clones share the token, budget and counters.
@@ -497,20 +497,19 @@ impl SalesforceClient {
                     _ => Err(decode(operation, "the record is not a JSON object")),
                 }
             }
-            // The core keeps the message, not the code; Salesforce's message for a deleted
-            // row is "entity is deleted".
-            Err(ConnectorError::NotFound { message, .. })
-                if message.eq_ignore_ascii_case("entity is deleted") =>
+            Err(ConnectorError::NotFound { code, .. })
+                if code.as_deref() == Some("ENTITY_IS_DELETED") =>
             {
                 Ok(Lookup::Deleted)
             }
             // An unknown External ID field is a configuration mistake, not a missing record.
-            Err(ConnectorError::NotFound { message, .. })
+            Err(ConnectorError::NotFound { code, message, .. })
                 if message.starts_with("Provided external ID field") =>
             {
                 Err(ConnectorError::NotFound {
                     api: API,
                     operation,
+                    code,
                     message,
                 })
             }
@@ -534,7 +533,8 @@ impl SalesforceClient {
             Lookup::Deleted => Err(ConnectorError::NotFound {
                 api: API,
                 operation: "get",
-                message: "ENTITY_IS_DELETED: entity is deleted".to_owned(),
+                code: Some("ENTITY_IS_DELETED".to_owned()),
+                message: "entity is deleted".to_owned(),
             }),
         }
     }
