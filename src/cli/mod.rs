@@ -18,6 +18,7 @@ use crate::testing;
 
 mod map;
 mod sandbox;
+mod webhook;
 
 /// cosell — Partner Center co-sell referrals in two-way sync with your CRM, driven by YAML.
 #[derive(Debug, Parser)]
@@ -61,6 +62,9 @@ enum Command {
     Schema,
     /// Run local emulators of Partner Center, Dataverse and Salesforce (see --help).
     Sandbox(sandbox::SandboxArgs),
+    /// Manage the Partner Center webhook registration.
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCommand),
 }
 
 /// `--set name=value` overrides.
@@ -118,6 +122,7 @@ pub fn main() -> ExitCode {
         } => test(&files, filter.as_deref(), format, &settings),
         Command::Map(args) => map::run(&args),
         Command::Sandbox(args) => sandbox::run(&args),
+        Command::Webhook(command) => webhook::run(&command),
         Command::Schema => {
             let _ = std::io::stdout().write_all(schema::schema_text().as_bytes());
             ExitCode::SUCCESS
