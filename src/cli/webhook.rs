@@ -2,7 +2,7 @@
 //! "Partner Center Webhook Registration" flow does it — all four referral events, an
 //! existing registration overwritten, then a validation event to prove delivery.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -114,7 +114,7 @@ pub fn run(command: &WebhookCommand) -> ExitCode {
 }
 
 fn client(
-    config: &PathBuf,
+    config: &Path,
     ca: Option<&PathBuf>,
     settings: &SettingArgs,
 ) -> Result<PartnerCenterClient, ExitCode> {
