@@ -43,6 +43,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::config::model::WebhookSettings;
+use crate::connectors::SecretEnv;
 use crate::connectors::partner_center::WebhookEvent;
 use verify::{Rejection, WebhookVerifier};
 
@@ -116,11 +118,31 @@ impl ServerOptions {
     pub fn new(listen: SocketAddr, verifier: Arc<WebhookVerifier>) -> ServerOptions {
         ServerOptions {
             listen,
-            webhook_path: crate::config::model::WebhookSettings::DEFAULT_PATH.to_owned(),
+            webhook_path: WebhookSettings::DEFAULT_PATH.to_owned(),
             verifier,
             readiness: always_ready(),
             sink_timeout: Duration::from_secs(20),
         }
+    }
+}
+
+impl ServerOptions {
+    /// Options from a `connections.webhooks` section: its path and a verifier for its trust
+    /// settings (`${…}` references resolved through `env`). Fails when no trust anchor is
+    /// configured or one cannot be read.
+    pub fn from_settings(
+        listen: SocketAddr,
+        settings: &WebhookSettings,
+        env: SecretEnv<'_>,
+    ) -> anyhow::Result<ServerOptions> {
+        let trust = verify::WebhookTrust::from_settings(settings, env)?;
+        let verifier = WebhookVerifier::new(trust).context("connections.webhooks")?;
+        let path = settings.path().trim().to_owned();
+        check_webhook_path(&path).context("connections.webhooks.path")?;
+        Ok(ServerOptions {
+            webhook_path: path,
+            ..ServerOptions::new(listen, Arc::new(verifier))
+        })
     }
 }
 
@@ -215,14 +237,7 @@ pub async fn serve(
     sink: Arc<dyn EventSink>,
 ) -> anyhow::Result<ServerHandle> {
     let path = options.webhook_path.trim();
-    if !path.starts_with('/') || path.contains(['?', '#', '{', '}', '*']) || path == "/" {
-        anyhow::bail!(
-            "webhook path `{path}` must be an absolute path like /webhooks/partner-center"
-        );
-    }
-    if matches!(path, "/healthz" | "/readyz" | "/metrics") {
-        anyhow::bail!("webhook path `{path}` is taken by a built-in route");
-    }
+    check_webhook_path(path)?;
     let metrics = install_metrics();
     // Every outcome shows in /metrics from the start, at 0, so alerts can use rate().
     for outcome in [
@@ -264,6 +279,27 @@ pub async fn serve(
         stop: Some(stop),
         task: Some(task),
     })
+}
+
+/// A literal absolute path of unreserved characters: anything else would be a route pattern
+/// (`{id}`, `*rest`), a query, or a path axum refuses to route.
+fn check_webhook_path(path: &str) -> anyhow::Result<()> {
+    let literal = path.len() > 1
+        && path.starts_with('/')
+        && !path.contains("//")
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~'));
+    if !literal {
+        anyhow::bail!(
+            "webhook path `{path}` must be an absolute path of letters, digits and -_.~ like {}",
+            WebhookSettings::DEFAULT_PATH
+        );
+    }
+    if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        anyhow::bail!("webhook path `{path}` is taken by a built-in route");
+    }
+    Ok(())
 }
 
 fn count(outcome: &'static str) {
@@ -490,6 +526,64 @@ async fn render_metrics(State(app): State<Arc<App>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhook_paths_must_be_literal() {
+        for good in ["/webhooks/partner-center", "/hooks/pc_1.v2", "/a~b/"] {
+            assert!(check_webhook_path(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "/",
+            "webhooks",
+            "/hooks/{id}",
+            "/hooks/*rest",
+            "/hooks/:id",
+            "/a?b",
+            "/a//b",
+            "/metrics",
+            "/hook s",
+        ] {
+            assert!(check_webhook_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn options_from_settings_read_anchor_files_and_references() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_pem = params.self_signed(&key).expect("ca").pem();
+        let file = dir.path().join("ca.pem");
+        std::fs::write(&file, &ca_pem).expect("write");
+        let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let pem_env = ca_pem.clone();
+        let env = move |name: &str| (name == "WEBHOOK_CA").then(|| pem_env.clone());
+
+        let mut settings = WebhookSettings {
+            trust_anchors: vec![
+                file.display().to_string(),
+                format!("${{file:{}}}", file.display()),
+                "${WEBHOOK_CA}".to_owned(),
+            ],
+            ..WebhookSettings::default()
+        };
+        let options = ServerOptions::from_settings(listen, &settings, &env).expect("options");
+        assert_eq!(options.webhook_path, WebhookSettings::DEFAULT_PATH);
+
+        settings.path = Some("/hooks/{id}".to_owned());
+        assert!(ServerOptions::from_settings(listen, &settings, &env).is_err());
+        settings.path = None;
+        settings.trust_anchors = vec![dir.path().join("missing.pem").display().to_string()];
+        let error = ServerOptions::from_settings(listen, &settings, &env).expect_err("missing");
+        assert!(format!("{error:#}").contains("missing.pem"), "{error:#}");
+        settings.trust_anchors = Vec::new();
+        let error = ServerOptions::from_settings(listen, &settings, &env).expect_err("no anchors");
+        assert!(format!("{error:#}").contains("trust_anchors"), "{error:#}");
+        settings.trust_anchors = vec!["${file:/nonexistent/cosell-ca.pem}".to_owned()];
+        assert!(ServerOptions::from_settings(listen, &settings, &env).is_err());
+    }
 
     #[test]
     fn documented_events_parse_and_others_do_not() {

@@ -414,7 +414,7 @@ impl WebhookVerifier {
         let outcome = self.check(&certificates, body, &signature);
         let outcome = match outcome {
             // The certificate behind the URL may have been renewed since it was cached.
-            Err(_) if age.is_some_and(|age| age >= self.limits.refetch_after) => {
+            Err(_) if age.is_some() && self.claim_refetch(&url) => {
                 tracing::debug!("webhook signature failed with a cached certificate; refetching");
                 let fresh = self.download(&url).await?;
                 self.store(&url, Arc::clone(&fresh));
@@ -515,6 +515,20 @@ impl WebhookVerifier {
         let certificates = self.download(url).await?;
         self.store(url, Arc::clone(&certificates));
         Ok((certificates, None))
+    }
+
+    /// Whether this request may download `url` again because a check failed with its
+    /// cached certificate: yes when the entry is at least `refetch_after` old, and then the
+    /// entry counts as fresh, so concurrent failures do not all download it too.
+    fn claim_refetch(&self, url: &Url) -> bool {
+        let mut cache = lock(&self.cache);
+        match cache.get_mut(url.as_str()) {
+            Some(entry) if entry.fetched.elapsed() >= self.limits.refetch_after => {
+                entry.fetched = Instant::now();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Caches a successful download, making room by dropping expired then oldest entries.
@@ -688,44 +702,48 @@ fn check_algorithm(algorithm: &str) -> Result<(), Rejection> {
 
 /// The certificate URL rules: absolute `https` (or `http` when allowed), no userinfo,
 /// query or fragment, an allow-listed host and port, and the path prefix when one is set.
-/// The error says which rule failed.
+/// The error says which rule failed; it names the URL without userinfo, query or fragment
+/// (they could carry credentials), so it is safe to log.
 fn check_certificate_url(
     text: &str,
     hosts: &[AllowedHost],
     path_prefix: Option<&str>,
     allow_insecure: bool,
 ) -> Result<Url, String> {
-    let url = Url::parse(text).map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+    let url = Url::parse(text).map_err(|e| {
+        let start: String = text.chars().take(80).collect();
+        format!("`{start}` is not a URL: {e}")
+    })?;
+    let shown = loggable(&url);
     match url.scheme() {
         "https" => {}
         "http" if allow_insecure => {}
-        other => return Err(format!("`{text}`: scheme {other} is not allowed")),
+        other => return Err(format!("`{shown}`: scheme {other} is not allowed")),
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!(
-            "`{}`: credentials in the URL",
-            redact_userinfo(&url)
-        ));
+        return Err(format!("`{shown}`: credentials in the URL"));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("`{text}`: a query or fragment is not allowed"));
+        return Err(format!("`{shown}`: a query or fragment is not allowed"));
     }
     if !hosts.iter().any(|allowed| allowed.matches(&url)) {
-        return Err(format!("`{text}`: host not in allowed_certificate_hosts"));
+        return Err(format!("`{shown}`: host not in allowed_certificate_hosts"));
     }
     if let Some(prefix) = path_prefix
         && !url.path().starts_with(prefix)
     {
-        return Err(format!("`{text}`: path outside {prefix}"));
+        return Err(format!("`{shown}`: path outside {prefix}"));
     }
     Ok(url)
 }
 
-/// `url` without its userinfo, for logs.
-fn redact_userinfo(url: &Url) -> String {
+/// `url` without userinfo, query and fragment, for logs.
+fn loggable(url: &Url) -> String {
     let mut copy = url.clone();
     let _ = copy.set_username("");
     let _ = copy.set_password(None);
+    copy.set_query(None);
+    copy.set_fragment(None);
     copy.to_string()
 }
 
