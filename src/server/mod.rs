@@ -527,6 +527,30 @@ async fn render_metrics(State(app): State<Arc<App>>) -> Response {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn bodies_are_bounded_whether_declared_or_streamed() {
+        let small = read_body(&HeaderMap::new(), Body::from("{}")).await;
+        assert_eq!(small.expect("small body"), Bytes::from_static(b"{}"));
+        // No Content-Length: the limit applies while reading.
+        let chunks = futures_util::stream::iter(
+            (0..20).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b' '; 4096]))),
+        );
+        let streamed = read_body(&HeaderMap::new(), Body::from_stream(chunks)).await;
+        assert_eq!(
+            streamed.expect_err("too large").0,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, "70000".parse().expect("value"));
+        let declared = read_body(&headers, Body::empty()).await;
+        assert_eq!(
+            declared.expect_err("declared").0,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let exact = read_body(&HeaderMap::new(), Body::from(vec![b' '; MAX_BODY_BYTES])).await;
+        assert_eq!(exact.expect("at the limit").len(), MAX_BODY_BYTES);
+    }
+
     #[test]
     fn webhook_paths_must_be_literal() {
         for good in ["/webhooks/partner-center", "/hooks/pc_1.v2", "/a~b/"] {
