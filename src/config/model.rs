@@ -84,6 +84,75 @@ pub struct Connections {
     /// The CRM named by `crm:`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crm: Option<CrmConnection>,
+    /// Receiving Partner Center webhooks: where they arrive and which certificates may sign
+    /// them. Needed by `cosell run` as soon as it listens for webhooks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<WebhookSettings>,
+}
+
+/// How cosell receives and authenticates Partner Center webhook events.
+///
+/// Partner Center signs every event (RSA-SHA256 over the body) with a certificate it links in
+/// the `X-MS-Certificate-Url` header. cosell downloads that certificate only from the hosts
+/// listed here, requires it to chain to one of your `trust_anchors` and to be issued by
+/// `O=Microsoft Corporation`, and answers 401 (storing nothing) otherwise.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// URL path Partner Center posts events to. Default `/webhooks/partner-center`; register
+    /// `https://<your host><path>` as the webhook URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// CA certificates the signing certificate must chain to: PEM file paths, or references
+    /// (`${file:/etc/cosell/microsoft-roots.pem}`, `${WEBHOOK_CA_PEM}`) to PEM text or a path.
+    /// Required: cosell bundles no Microsoft roots, so without at least one anchor every
+    /// webhook is refused. For production, list the Microsoft root (or issuing) CAs that
+    /// issue the `pcnotifications-dispatch.microsoft.com` certificate; for the sandbox, its CA
+    /// (`GET /_sandbox/ca.pem`, or `<DIR>/pki/ca.pem` with `--data`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_anchors: Vec<String>,
+    /// Hosts (`host` or `host:port`, exact, case-insensitive) the signing certificate may be
+    /// downloaded from. Default: `3psostorageacct.blob.core.windows.net`, the only host
+    /// Microsoft has published.
+    #[serde(default = "default_certificate_hosts")]
+    pub allowed_certificate_hosts: Vec<String>,
+    /// Path prefix the certificate URL must start with, e.g. `/cert/`. Default: any path on
+    /// an allowed host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_certificate_path_prefix: Option<String>,
+    /// Accept `http://` certificate URLs. Only for the local sandbox; production must use
+    /// https.
+    #[serde(default)]
+    pub allow_insecure_certificate_url: bool,
+}
+
+impl WebhookSettings {
+    /// The path used when `path` is not set.
+    pub const DEFAULT_PATH: &'static str = "/webhooks/partner-center";
+    /// The certificate host used when `allowed_certificate_hosts` is not set: the host of
+    /// the only certificate URL Microsoft documents.
+    pub const DEFAULT_CERTIFICATE_HOST: &'static str = "3psostorageacct.blob.core.windows.net";
+
+    /// `path`, or the default.
+    pub fn path(&self) -> &str {
+        self.path.as_deref().unwrap_or(Self::DEFAULT_PATH)
+    }
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            path: None,
+            trust_anchors: Vec::new(),
+            allowed_certificate_hosts: default_certificate_hosts(),
+            allowed_certificate_path_prefix: None,
+            allow_insecure_certificate_url: false,
+        }
+    }
+}
+
+fn default_certificate_hosts() -> Vec<String> {
+    vec![WebhookSettings::DEFAULT_CERTIFICATE_HOST.to_owned()]
 }
 
 /// How to reach Partner Center.
