@@ -87,15 +87,19 @@ async fn register_overwrites_and_validates_delivery() {
         );
     }
 
-    // A second registration replaces the first (PUT after the 409).
+    // A second registration replaces the first (PUT after the 409); this time the URL
+    // comes from the config's `connections.webhooks.public_url`.
     let other = receiver().await;
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "flows: {}",
+        &format!("  webhooks:\n    public_url: \"{other}\"\nflows: {{}}"),
+    );
+    std::fs::write(&config, text).unwrap();
     let output = cosell(vec![
         "webhook".into(),
         "register".into(),
         "--config".into(),
         config.clone(),
-        "--url".into(),
-        other.clone(),
         "--no-validation".into(),
     ])
     .await;

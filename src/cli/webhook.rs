@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::connectors::partner_center::PartnerCenterClient;
-use crate::connectors::{ConnectorError, process_env};
+use crate::connectors::{ConnectorError, process_env, resolve_text};
 
 use super::{SettingArgs, check, print_diagnostics};
 
@@ -29,9 +29,10 @@ pub enum WebhookCommand {
         #[arg(long)]
         config: PathBuf,
         /// Public URL of cosell's webhook endpoint, e.g.
-        /// https://cosell.example.com/webhooks/partner-center.
+        /// https://cosell.example.com/webhooks/partner-center. Default:
+        /// `connections.webhooks.public_url` of the config.
         #[arg(long)]
-        url: String,
+        url: Option<String>,
         /// Send the signature in `x-ms-signature` instead of `Authorization`.
         #[arg(long)]
         signature_in_ms_header: bool,
@@ -79,19 +80,26 @@ pub fn run(command: &WebhookCommand) -> ExitCode {
                 no_validation,
                 settings,
             } => {
-                let client = match client(config, ca.as_ref(), settings) {
-                    Ok(client) => client,
+                let (client, public_url) = match client(config, ca.as_ref(), settings) {
+                    Ok(found) => found,
                     Err(code) => return code,
                 };
-                register(&client, url, *signature_in_ms_header, !*no_validation).await
+                let Some(url) = url.clone().or(public_url) else {
+                    eprintln!(
+                        "error: give --url or set connections.webhooks.public_url in {}",
+                        config.display()
+                    );
+                    return ExitCode::from(2);
+                };
+                register(&client, &url, *signature_in_ms_header, !*no_validation).await
             }
             WebhookCommand::Show {
                 config,
                 ca,
                 settings,
             } => {
-                let client = match client(config, ca.as_ref(), settings) {
-                    Ok(client) => client,
+                let (client, _) = match client(config, ca.as_ref(), settings) {
+                    Ok(found) => found,
                     Err(code) => return code,
                 };
                 match client.get_registration().await {
@@ -113,11 +121,12 @@ pub fn run(command: &WebhookCommand) -> ExitCode {
     })
 }
 
+/// The Partner Center client of a mapping file, and its `connections.webhooks.public_url`.
 fn client(
     config: &Path,
     ca: Option<&PathBuf>,
     settings: &SettingArgs,
-) -> Result<PartnerCenterClient, ExitCode> {
+) -> Result<(PartnerCenterClient, Option<String>), ExitCode> {
     let checked = check(config, settings).map_err(|error| {
         eprintln!("error: {error}");
         ExitCode::from(2)
@@ -144,10 +153,28 @@ fn client(
         })?],
         None => Vec::new(),
     };
-    PartnerCenterClient::from_config(connection, &process_env, &trusted).map_err(|error| {
-        eprintln!("error: {error}");
-        ExitCode::from(1)
-    })
+    let public_url = match checked
+        .config
+        .as_ref()
+        .and_then(|c| c.connections.webhooks.as_ref())
+        .and_then(|w| w.public_url.as_deref())
+    {
+        Some(url) => Some(
+            resolve_text("connections.webhooks.public_url", url, &process_env).map_err(
+                |error| {
+                    eprintln!("error: {error}");
+                    ExitCode::from(1)
+                },
+            )?,
+        ),
+        None => None,
+    };
+    let client =
+        PartnerCenterClient::from_config(connection, &process_env, &trusted).map_err(|error| {
+            eprintln!("error: {error}");
+            ExitCode::from(1)
+        })?;
+    Ok((client, public_url))
 }
 
 fn failed(error: &ConnectorError) -> ExitCode {

@@ -99,6 +99,10 @@ pub struct Connections {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSettings {
+    /// The public URL Partner Center should post events to (what `cosell webhook register`
+    /// registers when no `--url` is given), e.g. `https://cosell.contoso.com/webhooks/partner-center`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
     /// URL path Partner Center posts events to. Default `/webhooks/partner-center`; register
     /// `https://<your host><path>` as the webhook URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -142,6 +146,7 @@ impl WebhookSettings {
 impl Default for WebhookSettings {
     fn default() -> Self {
         WebhookSettings {
+            public_url: None,
             path: None,
             trust_anchors: Vec::new(),
             allowed_certificate_hosts: default_certificate_hosts(),
