@@ -8,6 +8,7 @@
 //! - [`mapping`]: compiles a config into a [`mapping::Plan`] and evaluates it. Pure: no IO.
 //! - [`load`]: the front door that turns a file into diagnostics or a plan.
 //! - [`testing`]: runs a mapping file's inline tests.
+//! - [`store`]: the durable state store (links, cursors, inbox, dead letters, audit log).
 //! - [`cli`]: the `cosell` command.
 //!
 //! Compiling a mapping once and mapping a referral with it:
@@ -57,4 +58,5 @@ pub mod connectors;
 pub mod load;
 pub mod mapping;
 pub mod sandbox;
+pub mod store;
 pub mod testing;
