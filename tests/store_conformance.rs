@@ -1009,7 +1009,31 @@ async fn sqlite_creates_parent_directories_and_enables_wal() {
         .await
         .unwrap();
     assert_eq!(mode, "wal");
+    let version: i64 = sqlx::query_scalar("SELECT max(version) FROM cosell_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(version, 1);
+
+    // A database a newer cosell migrated further is refused, not used with an unknown schema.
+    sqlx::query(
+        "INSERT INTO cosell_migrations (version, description, success, checksum, execution_time) \
+         VALUES (999, 'from the future', TRUE, x'00', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     pool.close().await;
+    match Store::open(&url).await {
+        Err(StoreError::Migration {
+            url: shown,
+            message,
+        }) => {
+            assert_eq!(shown, url);
+            assert!(message.contains("999"), "{message}");
+        }
+        other => panic!("expected a migration error, got {other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -33,7 +33,7 @@
 //!
 //! # Migrations
 //!
-//! Versioned with sqlx's migrator (table `_sqlx_migrations`), one SQL file per version and
+//! Versioned with sqlx's migrator (table `cosell_migrations`), one SQL file per version and
 //! backend under `src/store/migrations/{sqlite,postgres}/`. [`Store::open`] applies the
 //! missing ones; applying is idempotent, and a database migrated by a newer cosell is refused
 //! rather than used with a schema this build does not know.
@@ -440,8 +440,12 @@ const STEPS: &[Step] = &[Step {
     postgres: include_str!("migrations/postgres/0001_initial.sql"),
 }];
 
+/// Where applied versions are recorded. Not sqlx's default `_sqlx_migrations`: a PostgreSQL
+/// schema shared with another sqlx application would mix both histories.
+const MIGRATIONS_TABLE: &str = "cosell_migrations";
+
 fn migrator(postgres: bool) -> Migrator {
-    Migrator::with_migrations(
+    let mut migrator = Migrator::with_migrations(
         STEPS
             .iter()
             .map(|step| {
@@ -455,7 +459,9 @@ fn migrator(postgres: bool) -> Migrator {
                 )
             })
             .collect(),
-    )
+    );
+    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+    migrator
 }
 
 const LINK_COLUMNS: &str = "referral_id, entity, crm_id, state, pc_hash, crm_hash, pc_etag, \
