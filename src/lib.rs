@@ -9,6 +9,7 @@
 //! - [`load`]: the front door that turns a file into diagnostics or a plan.
 //! - [`testing`]: runs a mapping file's inline tests.
 //! - [`server`]: the HTTP server: verified Partner Center webhooks in, health and metrics out.
+//! - [`store`]: the durable state store (links, cursors, inbox, dead letters, audit log).
 //! - [`cli`]: the `cosell` command.
 //!
 //! Compiling a mapping once and mapping a referral with it:
@@ -59,4 +60,5 @@ pub mod load;
 pub mod mapping;
 pub mod sandbox;
 pub mod server;
+pub mod store;
 pub mod testing;
