@@ -17,6 +17,7 @@ use crate::load::{self, Checked};
 use crate::testing;
 
 mod map;
+mod ops;
 mod sandbox;
 mod webhook;
 
@@ -65,6 +66,40 @@ enum Command {
     /// Manage the Partner Center webhook registration.
     #[command(subcommand)]
     Webhook(webhook::WebhookCommand),
+    /// The sync state at a glance: links by state, inbox depth, lag, dead letters.
+    Status {
+        #[command(flatten)]
+        state: ops::StateArgs,
+    },
+    /// The full history of one referral, newest first.
+    Audit {
+        /// Referral id.
+        referral_id: String,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        state: ops::StateArgs,
+    },
+    /// Recent failed syncs and the dead letters waiting for a replay.
+    Failures {
+        /// At most this many failed syncs.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        state: ops::StateArgs,
+    },
+    /// Re-queue dead letters: one by id, or all of them.
+    Replay {
+        /// Dead letter id (from `cosell failures`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        state: ops::StateArgs,
+    },
 }
 
 /// `--set name=value` overrides.
@@ -123,6 +158,14 @@ pub fn main() -> ExitCode {
         Command::Map(args) => map::run(&args),
         Command::Sandbox(args) => sandbox::run(&args),
         Command::Webhook(command) => webhook::run(&command),
+        Command::Status { state } => ops::run(&state, &ops::Operation::Status),
+        Command::Audit {
+            referral_id,
+            limit,
+            state,
+        } => ops::run(&state, &ops::Operation::Audit { referral_id, limit }),
+        Command::Failures { limit, state } => ops::run(&state, &ops::Operation::Failures { limit }),
+        Command::Replay { id, all: _, state } => ops::run(&state, &ops::Operation::Replay { id }),
         Command::Schema => {
             let _ = std::io::stdout().write_all(schema::schema_text().as_bytes());
             ExitCode::SUCCESS
