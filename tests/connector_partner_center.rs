@@ -4,6 +4,8 @@
 //! registration and validation, configuration errors, secrets, lossless round trips,
 //! the concurrency budget and non-repeated creates.
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -77,31 +79,7 @@ async fn sandbox_stats(handle: &SandboxHandle) -> Value {
 
 /// An outbound co-sell referral as a CRM would create it.
 fn outbound(name: &str) -> Referral {
-    serde_json::from_value(json!({
-        "name": name,
-        "status": "New",
-        "substatus": "Pending",
-        "qualification": "SalesQualified",
-        "type": "Shared",
-        "target": [{ "type": "SolutionProfile", "id": "SOL-34104-EBB" }],
-        "customerProfile": {
-            "name": "Contoso Customer Inc",
-            "address": { "addressLine1": "One Microsoft Way", "city": "Redmond", "state": "WA", "postalCode": "98052", "country": "US" },
-            "size": "10to50employees",
-            "team": [{ "firstName": "Sue", "lastName": "Smith", "email": "sue.smith@contoso.com", "phoneNumber": "1234567890" }],
-            "ids": []
-        },
-        "consent": { "consentToToShareInfoWithOthers": true, "consentToContact": true },
-        "details": {
-            "notes": "Supply chain",
-            "dealValue": 50000,
-            "currency": "USD",
-            "closingDateTime": "2027-11-14T00:00:00Z",
-            "requirements": { "solutions": [{ "id": "SOL-34104-EBB", "name": "Contoso Cloud" }] }
-        },
-        "inviteContext": { "assistanceRequestCode": "GeneralOrOther", "notes": "Please help" }
-    }))
-    .expect("valid referral")
+    serde_json::from_value(common::cosell_referral(name)).expect("valid referral")
 }
 
 #[tokio::test]

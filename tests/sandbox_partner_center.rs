@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 mod common;
 
-use common::entra_token as token;
+use common::{cosell_referral as outbound, entra_token as token};
 use cosell::sandbox::{self, SandboxHandle, SandboxOptions};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -112,33 +112,6 @@ impl Pc {
         let status = response.status();
         (status, response.json().await.unwrap_or(Value::Null))
     }
-}
-
-fn outbound(name: &str) -> Value {
-    json!({
-        "name": name,
-        "status": "New",
-        "substatus": "Pending",
-        "qualification": "SalesQualified",
-        "type": "Shared",
-        "target": [{ "type": "SolutionProfile", "id": "SOL-34104-EBB" }],
-        "customerProfile": {
-            "name": "Contoso Customer Inc",
-            "address": { "addressLine1": "One Microsoft Way", "city": "Redmond", "state": "WA", "postalCode": "98052", "country": "US" },
-            "size": "10to50employees",
-            "team": [{ "firstName": "Sue", "lastName": "Smith", "email": "sue.smith@contoso.com", "phoneNumber": "1234567890" }],
-            "ids": []
-        },
-        "consent": { "consentToToShareInfoWithOthers": true, "consentToContact": true },
-        "details": {
-            "notes": "Supply chain",
-            "dealValue": 50000,
-            "currency": "USD",
-            "closingDateTime": "2027-11-14T00:00:00Z",
-            "requirements": { "solutions": [{ "id": "SOL-34104-EBB", "name": "Contoso Cloud" }] }
-        },
-        "inviteContext": { "assistanceRequestCode": "GeneralOrOther", "notes": "Please help" }
-    })
 }
 
 #[tokio::test]

@@ -373,29 +373,14 @@ impl Fixture {
     }
 }
 
+/// An incoming referral body for the sandbox's control API.
 fn referral(name: &str) -> Value {
-    json!({
-        "name": name,
-        "qualification": "SalesQualified",
-        "type": "Shared",
-        "target": [{ "type": "SolutionProfile", "id": "SOL-34104-EBB" }],
-        "customerProfile": {
-            "name": "Contoso Customer Inc",
-            "address": { "addressLine1": "One Microsoft Way", "city": "Redmond", "state": "WA", "postalCode": "98052", "country": "US" },
-            "size": "10to50employees",
-            "team": [{ "firstName": "Sue", "lastName": "Smith", "email": "sue.smith@contoso.com", "phoneNumber": "1234567890" }],
-            "ids": []
-        },
-        "consent": { "consentToToShareInfoWithOthers": true, "consentToContact": true },
-        "details": {
-            "notes": "Supply chain",
-            "dealValue": 50000,
-            "currency": "USD",
-            "closingDateTime": "2027-11-14T00:00:00Z",
-            "requirements": { "solutions": [{ "id": "SOL-34104-EBB", "name": "Contoso Cloud" }] }
-        },
-        "inviteContext": { "assistanceRequestCode": "GeneralOrOther", "notes": "Please help" }
-    })
+    let mut body = common::cosell_referral(name);
+    if let Some(map) = body.as_object_mut() {
+        map.remove("status");
+        map.remove("substatus");
+    }
+    body
 }
 
 /// A documented-shape referral event body.

@@ -173,6 +173,19 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// A tokio runtime for a command, or the usage exit code after saying why it failed.
+fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().map_err(|error| {
+        eprintln!("error: cannot start the async runtime: {error}");
+        ExitCode::from(2)
+    })
+}
+
 /// Whether to colour output written to stderr.
 pub fn color_stderr() -> bool {
     std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()

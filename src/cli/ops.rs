@@ -51,15 +51,9 @@ pub enum Operation {
 
 /// Runs an operations command.
 pub fn run(args: &StateArgs, operation: &Operation) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::runtime(false) {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let store = match Store::open(&args.state).await {

@@ -57,3 +57,32 @@ pub async fn control(base: &str, path: &str, body: &Value) -> (StatusCode, Value
     let status = response.status();
     (status, response.json().await.unwrap_or(Value::Null))
 }
+
+/// A co-sell referral as a CRM would send it (the documented create example, trimmed):
+/// Shared, with a solution, a customer contact and a request for Microsoft's help.
+pub fn cosell_referral(name: &str) -> Value {
+    serde_json::json!({
+        "name": name,
+        "status": "New",
+        "substatus": "Pending",
+        "qualification": "SalesQualified",
+        "type": "Shared",
+        "target": [{ "type": "SolutionProfile", "id": "SOL-34104-EBB" }],
+        "customerProfile": {
+            "name": "Contoso Customer Inc",
+            "address": { "addressLine1": "One Microsoft Way", "city": "Redmond", "state": "WA", "postalCode": "98052", "country": "US" },
+            "size": "10to50employees",
+            "team": [{ "firstName": "Sue", "lastName": "Smith", "email": "sue.smith@contoso.com", "phoneNumber": "1234567890" }],
+            "ids": []
+        },
+        "consent": { "consentToToShareInfoWithOthers": true, "consentToContact": true },
+        "details": {
+            "notes": "Supply chain",
+            "dealValue": 50000,
+            "currency": "USD",
+            "closingDateTime": "2027-11-14T00:00:00Z",
+            "requirements": { "solutions": [{ "id": "SOL-34104-EBB", "name": "Contoso Cloud" }] }
+        },
+        "inviteContext": { "assistanceRequestCode": "GeneralOrOther", "notes": "Please help" }
+    })
+}
