@@ -56,6 +56,7 @@
 pub mod cli;
 pub mod config;
 pub mod connectors;
+pub mod engine;
 pub mod load;
 pub mod mapping;
 pub mod sandbox;
