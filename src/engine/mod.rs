@@ -1,5 +1,7 @@
-//! The sync engine's building blocks. Today: the CRM port ([`crm::Crm`]) and live lookup
-//! resolution ([`lookups::resolve_live`]); the flows, triggers and scheduling build on them.
+//! The sync engine's building blocks. Today: the CRM port ([`crm::Crm`]), live lookup
+//! resolution ([`lookups::resolve_live`]) and the durable inbox behind the webhook server
+//! ([`inbox::InboxSink`]); the flows, triggers and scheduling build on them.
 
 pub mod crm;
+pub mod inbox;
 pub mod lookups;
