@@ -2,10 +2,11 @@
 //! flows never branch on the CRM (the mapping file already names tables and fields).
 
 use futures_util::StreamExt as _;
+use futures_util::stream::BoxStream;
 use serde_json::{Map, Value};
 
 use crate::connectors::ConnectorError;
-use crate::connectors::dataverse::{DataverseClient, QueryOptions, odata_string};
+use crate::connectors::dataverse::{AlternateKey, DataverseClient, QueryOptions, odata_string};
 use crate::connectors::salesforce::SalesforceClient;
 use crate::connectors::salesforce::soql::{Order, Soql, SoqlValue};
 
@@ -74,6 +75,115 @@ impl Crm {
         }
     }
 
+    /// A record with the given fields (all fields when empty), and the version to pass to
+    /// [`Crm::update`] for a conditional write; `None` when it does not exist (or was deleted).
+    pub async fn get(
+        &self,
+        entity: &str,
+        id: &str,
+        fields: &[&str],
+    ) -> Result<Option<Versioned>, ConnectorError> {
+        match self {
+            Crm::Dataverse(client) => {
+                Ok(client
+                    .retrieve(entity, id, fields)
+                    .await?
+                    .map(|row| Versioned {
+                        version: row.etag.clone(),
+                        fields: row.fields,
+                    }))
+            }
+            Crm::Salesforce(client) => {
+                let mut wanted: Vec<&str> = fields.to_vec();
+                if !wanted.is_empty() && !wanted.contains(&"LastModifiedDate") {
+                    wanted.push("LastModifiedDate");
+                }
+                match client.get(entity, id, &wanted).await {
+                    Ok(record) => Ok(record.map(|fields| Versioned {
+                        version: fields
+                            .get("LastModifiedDate")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned),
+                        fields,
+                    })),
+                    Err(error) if crate::connectors::salesforce::is_entity_deleted(&error) => {
+                        Ok(None)
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+        }
+    }
+
+    /// Writes `fields` to an existing record. With `version` (from [`Crm::get`]) the write
+    /// only happens if nobody changed the record since — Dataverse by eTag (`If-Match`),
+    /// Salesforce by `If-Unmodified-Since` — else [`ConnectorError::PreconditionFailed`].
+    pub async fn update(
+        &self,
+        entity: &str,
+        id: &str,
+        fields: &Map<String, Value>,
+        version: Option<&str>,
+    ) -> Result<(), ConnectorError> {
+        match (self, version) {
+            (Crm::Dataverse(client), version) => client.update(entity, id, fields, version).await,
+            (Crm::Salesforce(client), Some(since)) => {
+                client.update_if_unmodified(entity, id, fields, since).await
+            }
+            (Crm::Salesforce(client), None) => client.update(entity, id, fields).await,
+        }
+    }
+
+    /// Creates or updates the record whose key column (the referral id: Dataverse alternate
+    /// key `cosell_referralid`, Salesforce External ID `Referral_Id__c`) holds `value`. This
+    /// is what makes a crash between "write the CRM" and "remember the link" harmless: the
+    /// retry updates the record it created instead of creating a second one.
+    pub async fn upsert_by_key(
+        &self,
+        entity: &str,
+        key_field: &str,
+        value: &str,
+        fields: &Map<String, Value>,
+    ) -> Result<Upserted, ConnectorError> {
+        match self {
+            Crm::Dataverse(client) => {
+                let outcome = client
+                    .upsert(entity, &AlternateKey::new(key_field, value), fields)
+                    .await?;
+                Ok(Upserted {
+                    id: outcome.id,
+                    created: outcome.created,
+                })
+            }
+            Crm::Salesforce(client) => {
+                let outcome = client.upsert(entity, key_field, value, fields).await?;
+                Ok(Upserted {
+                    id: Some(outcome.id),
+                    created: Some(outcome.created),
+                })
+            }
+        }
+    }
+
+    /// Records of `entity` changed after `since` (an RFC 3339 time), oldest change first —
+    /// Dataverse by `modifiedon`, Salesforce by `SystemModstamp`. Both have whole-second
+    /// precision: keep the watermark a little behind and skip versions already synced.
+    pub fn changed_since(
+        &self,
+        entity: &str,
+        fields: &[&str],
+        since: &str,
+    ) -> Result<BoxStream<'static, Result<Map<String, Value>, ConnectorError>>, ConnectorError>
+    {
+        match self {
+            Crm::Dataverse(client) => Ok(client
+                .changes_since(entity, since, fields)
+                .map(|row| row.map(|row| row.fields))
+                .boxed()),
+            Crm::Salesforce(client) => Ok(client.changed_since(entity, fields, since)?.boxed()),
+        }
+    }
+
     /// Creates a record of `entity` and returns its id.
     pub async fn create(
         &self,
@@ -85,6 +195,24 @@ impl Crm {
             Crm::Salesforce(client) => client.create(entity, fields).await,
         }
     }
+}
+
+/// A record as read, with the version a conditional update compares against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned {
+    /// Dataverse: the `@odata.etag`; Salesforce: `LastModifiedDate`.
+    pub version: Option<String>,
+    /// The fields (Dataverse lookups as `_x_value`).
+    pub fields: Map<String, Value>,
+}
+
+/// What an upsert by key did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upserted {
+    /// The record's id, when the service said (Dataverse's plain upsert usually does not).
+    pub id: Option<String>,
+    /// Created rather than updated, when the service said.
+    pub created: Option<bool>,
 }
 
 fn unsupported(field: &str, value: &Value) -> ConnectorError {
