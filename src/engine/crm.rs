@@ -173,8 +173,7 @@ impl Crm {
         entity: &str,
         fields: &[&str],
         since: &str,
-    ) -> Result<BoxStream<'static, Result<Map<String, Value>, ConnectorError>>, ConnectorError>
-    {
+    ) -> Result<Changes, ConnectorError> {
         match self {
             Crm::Dataverse(client) => Ok(client
                 .changes_since(entity, since, fields)
@@ -196,6 +195,9 @@ impl Crm {
         }
     }
 }
+
+/// Changed records, oldest change first (see [`Crm::changed_since`]).
+pub type Changes = BoxStream<'static, Result<Map<String, Value>, ConnectorError>>;
 
 /// A record as read, with the version a conditional update compares against.
 #[derive(Debug, Clone, PartialEq)]
