@@ -143,6 +143,10 @@ pub struct Link {
     pub crm_synced_at: Option<SystemTime>,
     /// When the link was last saved; set by [`Store::save_link`], ignored on input.
     pub updated_at: SystemTime,
+    /// What both sides looked like at the last sync (the engine's business: the referral as
+    /// last read or written and the projections last synced each way); `None` before the
+    /// first sync.
+    pub snapshot: Option<serde_json::Value>,
 }
 
 impl Link {
@@ -164,6 +168,7 @@ impl Link {
             pc_synced_at: None,
             crm_synced_at: None,
             updated_at: UNIX_EPOCH,
+            snapshot: None,
         }
     }
 }
@@ -433,12 +438,20 @@ struct Step {
 
 /// Every schema version, oldest first. Later issues append here; applied files must never
 /// change (the migrator checks their checksums).
-const STEPS: &[Step] = &[Step {
-    version: 1,
-    description: "initial",
-    sqlite: include_str!("migrations/sqlite/0001_initial.sql"),
-    postgres: include_str!("migrations/postgres/0001_initial.sql"),
-}];
+const STEPS: &[Step] = &[
+    Step {
+        version: 1,
+        description: "initial",
+        sqlite: include_str!("migrations/sqlite/0001_initial.sql"),
+        postgres: include_str!("migrations/postgres/0001_initial.sql"),
+    },
+    Step {
+        version: 2,
+        description: "link snapshot",
+        sqlite: include_str!("migrations/sqlite/0002_link_snapshot.sql"),
+        postgres: include_str!("migrations/postgres/0002_link_snapshot.sql"),
+    },
+];
 
 /// Where applied versions are recorded. Not sqlx's default `_sqlx_migrations`: a PostgreSQL
 /// schema shared with another sqlx application would mix both histories.
@@ -465,7 +478,7 @@ fn migrator(postgres: bool) -> Migrator {
 }
 
 const LINK_COLUMNS: &str = "referral_id, entity, crm_id, state, pc_hash, crm_hash, pc_etag, \
-     crm_version, pc_synced_at, crm_synced_at, updated_at";
+     crm_version, pc_synced_at, crm_synced_at, updated_at, snapshot";
 
 const JOB_COLUMNS: &str = "id, job_key, kind, payload, attempts, last_error, enqueued_at, \
      not_before, lease_owner, lease_until, claims";
@@ -586,6 +599,9 @@ fn link_from_row(row: &impl Cols) -> Result<Link, sqlx::Error> {
         pc_synced_at: row.opt_int("pc_synced_at")?.map(from_ms),
         crm_synced_at: row.opt_int("crm_synced_at")?.map(from_ms),
         updated_at: from_ms(row.int("updated_at")?),
+        snapshot: row
+            .opt_text("snapshot")?
+            .and_then(|text| serde_json::from_str(&text).ok()),
     })
 }
 
@@ -804,12 +820,13 @@ impl Store {
     /// one CRM record never stands for two referrals.
     pub async fn save_link(&self, link: &Link) -> Result<(), StoreError> {
         let text = sql(format!(
-            "INSERT INTO links ({LINK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+            "INSERT INTO links ({LINK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (referral_id) DO UPDATE SET entity = excluded.entity, \
              crm_id = excluded.crm_id, state = excluded.state, pc_hash = excluded.pc_hash, \
              crm_hash = excluded.crm_hash, pc_etag = excluded.pc_etag, \
              crm_version = excluded.crm_version, pc_synced_at = excluded.pc_synced_at, \
-             crm_synced_at = excluded.crm_synced_at, updated_at = excluded.updated_at"
+             crm_synced_at = excluded.crm_synced_at, updated_at = excluded.updated_at, \
+             snapshot = excluded.snapshot"
         ));
         let result = with_pool!(self, |pool| {
             sqlx::query(text)
@@ -824,6 +841,7 @@ impl Store {
                 .bind(link.pc_synced_at.map(to_ms))
                 .bind(link.crm_synced_at.map(to_ms))
                 .bind(now_ms())
+                .bind(link.snapshot.as_ref().map(json_text))
                 .execute(pool)
                 .await
                 .map(|_| ())
