@@ -810,6 +810,248 @@ async fn soql_relationships_and_record_shape() {
 }
 
 #[tokio::test]
+async fn soql_child_subquery_returns_children_with_attributes() {
+    let sf = Sf::new().await;
+    let opportunity = sf.opportunity("Parent", json!({})).await;
+    let lonely = sf.opportunity("Lonely", json!({})).await;
+    let mut solutions = Vec::new();
+    for (name, solution_id, area) in [
+        ("Beta", "SOL-2", "Azure"),
+        ("Alpha", "SOL-1", "Security"),
+        ("Gamma", "SOL-3", "Azure"),
+    ] {
+        solutions.push(
+            sf.create(
+                "Microsoft_Solution__c",
+                json!({"Name": name, "Solution_Id__c": solution_id, "Solution_Area__c": area, "Opportunity__c": opportunity}),
+            )
+            .await,
+        );
+    }
+    // A deleted child and a child of another parent are not among the children.
+    let gone = sf
+        .create(
+            "Microsoft_Solution__c",
+            json!({"Name": "Deleted", "Solution_Id__c": "SOL-9", "Opportunity__c": opportunity}),
+        )
+        .await;
+    let reply = sf
+        .delete(&format!("{V}/sobjects/Microsoft_Solution__c/{gone}"))
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    let other = sf.opportunity("Other", json!({})).await;
+    sf.create(
+        "Microsoft_Solution__c",
+        json!({"Name": "Elsewhere", "Solution_Id__c": "SOL-8", "Opportunity__c": other}),
+    )
+    .await;
+
+    let reply = sf
+        .query(&format!(
+            "SELECT Id, Name, (SELECT Solution_Id__c, Name FROM Microsoft_Solutions__r) FROM Opportunity WHERE Id = '{opportunity}'"
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["totalSize"], 1);
+    let record = &reply.body["records"][0];
+    // (serde_json's map sorts keys here, so this compares the member set; the raw text
+    // below checks the order.)
+    let keys: Vec<&String> = record.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["Id", "Microsoft_Solutions__r", "Name", "attributes"]);
+    let q: String = form_urlencoded::byte_serialize(
+        format!("SELECT Name, (SELECT Name, Solution_Id__c FROM Microsoft_Solutions__r LIMIT 1), Id FROM Opportunity WHERE Id = '{opportunity}'").as_bytes(),
+    )
+    .collect();
+    let text = sf
+        .client
+        .get(sf.url(&format!("{V}/query?q={q}")))
+        .bearer_auth(&sf.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let expected = format!(
+        r#""Name":"Parent","Microsoft_Solutions__r":{{"totalSize":1,"done":true,"records":[{{"attributes":{{"type":"Microsoft_Solution__c","url":"{V}/sobjects/Microsoft_Solution__c/{}"}},"Name":"Beta","Solution_Id__c":"SOL-2"}}]}},"Id":"{opportunity}"}}"#,
+        solutions[0]
+    );
+    assert!(text.contains(&expected), "members in select order: {text}");
+    let children = &record["Microsoft_Solutions__r"];
+    assert_eq!(children["totalSize"], 3);
+    assert_eq!(children["done"], true);
+    let records = children["records"].as_array().unwrap();
+    assert_eq!(
+        records[0],
+        json!({
+            "attributes": {
+                "type": "Microsoft_Solution__c",
+                "url": format!("{V}/sobjects/Microsoft_Solution__c/{}", solutions[0]),
+            },
+            "Solution_Id__c": "SOL-2",
+            "Name": "Beta",
+        })
+    );
+    let names: Vec<&Value> = records.iter().map(|r| &r["Name"]).collect();
+    assert_eq!(
+        names,
+        ["Beta", "Alpha", "Gamma"],
+        "creation order by default"
+    );
+
+    // No children: the relationship is null, not an empty result.
+    let reply = sf
+        .query(&format!(
+            "SELECT Id, (SELECT Name FROM Microsoft_Solutions__r) FROM Opportunity WHERE Id = '{lonely}'"
+        ))
+        .await;
+    assert_eq!(
+        reply.body["records"][0]["Microsoft_Solutions__r"],
+        Value::Null
+    );
+    assert!(
+        reply.body["records"][0]
+            .as_object()
+            .unwrap()
+            .contains_key("Microsoft_Solutions__r")
+    );
+}
+
+#[tokio::test]
+async fn soql_child_subquery_where_order_by_and_limit() {
+    let sf = Sf::new().await;
+    let account = sf.create("Account", json!({"Name": "Fabrikam"})).await;
+    let opportunity = sf
+        .opportunity("Parent", json!({"AccountId": account}))
+        .await;
+    for (name, area, value) in [
+        ("Beta", "Azure", 20),
+        ("Alpha", "Security", 10),
+        ("Gamma", "Azure", 30),
+        ("Delta", "Azure", 40),
+    ] {
+        sf.create(
+            "Microsoft_Solution__c",
+            json!({"Name": name, "Solution_Id__c": format!("SOL-{name}"), "Solution_Area__c": area, "Deal_Value__c": value, "Opportunity__c": opportunity}),
+        )
+        .await;
+    }
+    let names = |body: &Value| -> Vec<String> {
+        body["records"][0]["Microsoft_Solutions__r"]["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["Name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let reply = sf
+        .query(&format!(
+            "select id, (select name from microsoft_solutions__r where solution_area__c = 'azure' and deal_value__c < 40 order by name desc limit 1) from opportunity where id = '{opportunity}'"
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(names(&reply.body), ["Gamma"]);
+    assert_eq!(
+        reply.body["records"][0]["Microsoft_Solutions__r"]["totalSize"], 1,
+        "totalSize counts the children returned"
+    );
+    let reply = sf
+        .query(&format!(
+            "SELECT Id, (SELECT Name FROM Microsoft_Solutions__r ORDER BY Deal_Value__c DESC LIMIT 3) FROM Opportunity WHERE Id = '{opportunity}'"
+        ))
+        .await;
+    assert_eq!(names(&reply.body), ["Delta", "Gamma", "Beta"]);
+    // A filter matching none gives null.
+    let reply = sf
+        .query(&format!(
+            "SELECT Id, (SELECT Name FROM Microsoft_Solutions__r WHERE Solution_Area__c = 'Modern Work') FROM Opportunity WHERE Id = '{opportunity}'"
+        ))
+        .await;
+    assert_eq!(
+        reply.body["records"][0]["Microsoft_Solutions__r"],
+        Value::Null
+    );
+    // OFFSET inside a subquery needs LIMIT 1 on the outer query.
+    let reply = sf
+        .query(&format!(
+            "SELECT Id, (SELECT Name FROM Microsoft_Solutions__r ORDER BY Name LIMIT 2 OFFSET 1) FROM Opportunity WHERE Id = '{opportunity}' LIMIT 1"
+        ))
+        .await;
+    assert_eq!(names(&reply.body), ["Beta", "Delta"]);
+    let reply = sf
+        .query("SELECT Id, (SELECT Name FROM Microsoft_Solutions__r OFFSET 1) FROM Opportunity")
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.code(), "MALFORMED_QUERY");
+
+    // Standard relationships, several per query, with parent fields of the children and
+    // the limit applied per parent.
+    let contact = sf
+        .create("Contact", json!({"LastName": "Lee", "AccountId": account}))
+        .await;
+    sf.opportunity(
+        "Second",
+        json!({"AccountId": account, "ContactId": contact}),
+    )
+    .await;
+    let reply = sf
+        .query(
+            "SELECT Name, (SELECT LastName, Account.Name FROM Contacts), (SELECT Name FROM Opportunities ORDER BY Name LIMIT 1) FROM Account ORDER BY Name",
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let fabrikam = &reply.body["records"][0];
+    assert_eq!(fabrikam["Contacts"]["records"][0]["LastName"], "Lee");
+    assert_eq!(
+        fabrikam["Contacts"]["records"][0]["Account"]["Name"],
+        "Fabrikam"
+    );
+    assert_eq!(fabrikam["Opportunities"]["totalSize"], 1);
+    assert_eq!(fabrikam["Opportunities"]["records"][0]["Name"], "Parent");
+    let reply = sf
+        .query("SELECT Id, (SELECT Name FROM Opportunities) FROM Contact")
+        .await;
+    assert_eq!(
+        reply.body["records"][0]["Opportunities"]["records"][0]["Name"],
+        "Second"
+    );
+}
+
+#[tokio::test]
+async fn soql_child_subquery_errors() {
+    let sf = Sf::new().await;
+    let reply = sf
+        .query("SELECT Id, (SELECT Name FROM Solutions__r) FROM Opportunity")
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.code(), "INVALID_TYPE");
+    assert_eq!(
+        reply.message(),
+        "\nSELECT Id, (SELECT Name FROM Solutions__r) FROM Opportunity\n                             ^\nERROR at Row:1:Column:30\nDidn't understand relationship 'Solutions__r' in FROM part of query call. If you are attempting to use a custom relationship, be sure to append the '__r' after the custom relationship name. Please reference your WSDL or the describe call for the appropriate names."
+    );
+    // A parent relationship is not a child relationship.
+    let reply = sf
+        .query("SELECT Id, (SELECT Name FROM Opportunity__r) FROM Microsoft_Solution__c")
+        .await;
+    assert_eq!(reply.code(), "INVALID_TYPE");
+    let reply = sf
+        .query("SELECT Id, (SELECT Nope__c FROM Microsoft_Solutions__r) FROM Opportunity")
+        .await;
+    assert_eq!(reply.code(), "INVALID_FIELD");
+    assert!(
+        reply
+            .message()
+            .contains("No such column 'Nope__c' on entity 'Microsoft_Solution__c'"),
+        "{}",
+        reply.message()
+    );
+    let reply = sf
+        .query("SELECT Id, (SELECT Id, (SELECT Id FROM Opportunities) FROM Contacts) FROM Account")
+        .await;
+    assert_eq!(reply.code(), "MALFORMED_QUERY", "one level of subquery");
+}
+
+#[tokio::test]
 async fn soql_errors() {
     let sf = Sf::new().await;
     let reply = sf.query("SELECT Foo FROM Account").await;
@@ -1097,6 +1339,103 @@ async fn describe_lists_fields() {
             "Microsoft_Solution__c"
         ]
     );
+}
+
+#[tokio::test]
+async fn describe_lists_child_relationships() {
+    let sf = Sf::new().await;
+    let reply = sf.get(&format!("{V}/sobjects/Opportunity/describe")).await;
+    assert_eq!(
+        reply.body["childRelationships"],
+        json!([{
+            "cascadeDelete": false,
+            "childSObject": "Microsoft_Solution__c",
+            "deprecatedAndHidden": false,
+            "field": "Opportunity__c",
+            "junctionIdListNames": [],
+            "junctionReferenceTo": [],
+            "relationshipName": "Microsoft_Solutions__r",
+            "restrictedDelete": false,
+        }])
+    );
+    let reply = sf.get(&format!("{V}/sobjects/Account/describe")).await;
+    let relationships: Vec<(&str, &str, &str, bool)> = reply.body["childRelationships"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["relationshipName"].as_str().unwrap(),
+                r["childSObject"].as_str().unwrap(),
+                r["field"].as_str().unwrap(),
+                r["cascadeDelete"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        relationships,
+        [
+            ("Contacts", "Contact", "AccountId", true),
+            ("Opportunities", "Opportunity", "AccountId", true),
+        ]
+    );
+    // The lookup's own describe keeps the parent-side relationship name.
+    let reply = sf
+        .get(&format!("{V}/sobjects/Microsoft_Solution__c/describe"))
+        .await;
+    let lookup = reply.body["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "Opportunity__c")
+        .unwrap();
+    assert_eq!(lookup["relationshipName"], "Opportunity__r");
+    assert_eq!(reply.body["childRelationships"], json!([]));
+}
+
+#[tokio::test]
+async fn microsoft_status_is_a_writable_text_field() {
+    let sf = Sf::new().await;
+    let reply = sf.get(&format!("{V}/sobjects/Opportunity/describe")).await;
+    let status = reply.body["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "Microsoft_Status__c")
+        .unwrap();
+    assert_eq!(status["label"], "Microsoft Status");
+    assert_eq!(status["type"], "string");
+    assert_eq!(status["length"], 100);
+    assert_eq!(status["custom"], true);
+    assert_eq!(status["createable"], true);
+    assert_eq!(status["updateable"], true);
+    let id = sf
+        .opportunity("Status", json!({"Microsoft_Status__c": "New"}))
+        .await;
+    let reply = sf
+        .patch(
+            &format!("{V}/sobjects/Opportunity/{id}"),
+            json!({"Microsoft_Status__c": "Accepted"}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
+    let got = sf.get(&format!("{V}/sobjects/Opportunity/{id}")).await;
+    assert_eq!(got.body["Microsoft_Status__c"], "Accepted");
+    let statuses = sf
+        .column(
+            "SELECT Microsoft_Status__c FROM Opportunity WHERE Microsoft_Status__c = 'accepted'",
+            "Microsoft_Status__c",
+        )
+        .await;
+    assert_eq!(statuses, [json!("Accepted")]);
+    let reply = sf
+        .patch(
+            &format!("{V}/sobjects/Opportunity/{id}"),
+            json!({"Microsoft_Status__c": "x".repeat(101)}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.code(), "STRING_TOO_LONG");
 }
 
 #[tokio::test]

@@ -1362,23 +1362,10 @@ fn describe(call: &Call<'_>, object: usize) -> Value {
     let schema = &call.state().schema;
     let obj = &schema.objects[object];
     let mut summary = object_summary(call, object);
-    let children: Vec<Value> = schema
-        .objects
+    let children: Vec<Value> = obj
+        .child_relationships
         .iter()
-        .flat_map(|child| {
-            child
-                .fields
-                .iter()
-                .filter(|f| f.reference_to.as_deref() == Some(obj.name.as_str()))
-                .map(move |f| {
-                    json!({
-                        "childSObject": child.name,
-                        "field": f.name,
-                        "cascadeDelete": f.on_delete == Some(schema::OnDelete::Cascade),
-                        "relationshipName": if child.custom() { format!("{}__r", child.label_plural.replace(' ', "_")) } else { child.label_plural.replace(' ', "") },
-                    })
-                })
-        })
+        .map(|relationship| relationship.describe(schema))
         .collect();
     if let Some(map) = summary.as_object_mut() {
         map.insert(

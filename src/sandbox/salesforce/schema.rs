@@ -6,6 +6,11 @@
 //! `createable`, …) so the file reads like a trimmed describe result; a few emulator-only
 //! attributes (`default`, `onDelete`, `countryNameField`, `computed`, stage metadata) drive
 //! the behaviour Salesforce implements in the platform rather than in metadata.
+//!
+//! Child relationships are not declared per parent: a lookup names its own
+//! (`childRelationshipName`, as a lookup field's definition does in Setup), and the parent's
+//! [`Object::child_relationships`] are derived from the lookups pointing at it — so the
+//! describe's `childRelationships` and the lookup fields cannot disagree.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -173,6 +178,8 @@ struct RawField {
     #[serde(default)]
     relationship_name: Option<String>,
     #[serde(default)]
+    child_relationship_name: Option<String>,
+    #[serde(default)]
     on_delete: Option<OnDelete>,
     #[serde(default)]
     country_name_field: Option<String>,
@@ -246,6 +253,10 @@ pub struct Field {
     pub reference_to: Option<String>,
     /// Relationship name for SOQL paths (`Account`, `Opportunity__r`).
     pub relationship_name: Option<String>,
+    /// Name of the reverse relationship on the referenced object (`Contacts`,
+    /// `Microsoft_Solutions__r`): the FROM of a child subquery. Not part of the field's
+    /// describe; the parent's describe lists it under `childRelationships`.
+    pub child_relationship_name: Option<String>,
     /// Behaviour when the referenced record is deleted.
     pub on_delete: Option<OnDelete>,
     /// The text field an ISO country-code picklist keeps in sync.
@@ -329,6 +340,38 @@ fn soap_type(kind: FieldType) -> &'static str {
     }
 }
 
+/// A relationship from an object to the records whose lookup points at it, as the
+/// parent's describe lists it under `childRelationships`.
+#[derive(Debug, Clone)]
+pub struct ChildRelationship {
+    /// The relationship name (`Contacts`), `None` when the lookup declares none: Salesforce
+    /// still lists such a relationship, but it cannot be queried.
+    pub name: Option<String>,
+    /// Index of the child object.
+    pub child: usize,
+    /// Index of the lookup field on the child object.
+    pub field: usize,
+    /// Whether deleting the parent deletes the children.
+    pub cascade_delete: bool,
+}
+
+impl ChildRelationship {
+    /// The entry as the describe call lists it.
+    pub fn describe(&self, schema: &Schema) -> Value {
+        let child = &schema.objects[self.child];
+        json!({
+            "cascadeDelete": self.cascade_delete,
+            "childSObject": child.name,
+            "deprecatedAndHidden": false,
+            "field": child.fields[self.field].name,
+            "junctionIdListNames": [],
+            "junctionReferenceTo": [],
+            "relationshipName": self.name,
+            "restrictedDelete": false,
+        })
+    }
+}
+
 /// An emulated object.
 #[derive(Debug)]
 pub struct Object {
@@ -346,6 +389,10 @@ pub struct Object {
     by_relationship: HashMap<String, usize>,
     /// Index of the `Id` field.
     pub id_field: usize,
+    /// Lookups of emulated objects pointing at this one, in schema order (child object,
+    /// then field).
+    pub child_relationships: Vec<ChildRelationship>,
+    by_child: HashMap<String, usize>,
 }
 
 impl Object {
@@ -359,6 +406,12 @@ impl Object {
         self.by_relationship
             .get(&name.to_ascii_lowercase())
             .copied()
+    }
+
+    /// The named child relationship called `name`, case-insensitively, as an index into
+    /// [`Object::child_relationships`].
+    pub fn child_relationship(&self, name: &str) -> Option<usize> {
+        self.by_child.get(&name.to_ascii_lowercase()).copied()
     }
 
     /// Index of a field that the schema guarantees (system fields).
@@ -414,19 +467,57 @@ impl Schema {
             .enumerate()
             .map(|(i, o)| (o.name.to_ascii_lowercase(), i))
             .collect::<HashMap<_, _>>();
-        for object in &objects {
-            for field in &object.fields {
-                if let Some(target) = &field.reference_to
-                    && target != "User"
-                    && !by_name.contains_key(&target.to_ascii_lowercase())
-                {
-                    anyhow::bail!(
+        let mut children: Vec<Vec<ChildRelationship>> = vec![Vec::new(); objects.len()];
+        for (child, object) in objects.iter().enumerate() {
+            for (index, field) in object.fields.iter().enumerate() {
+                let Some(target) = &field.reference_to else {
+                    if field.child_relationship_name.is_some() {
+                        anyhow::bail!(
+                            "salesforce schema: {}.{}: childRelationshipName on a non-lookup",
+                            object.name,
+                            field.name
+                        );
+                    }
+                    continue;
+                };
+                let parent = by_name.get(&target.to_ascii_lowercase()).copied();
+                match parent {
+                    Some(parent) => children[parent].push(ChildRelationship {
+                        name: field.child_relationship_name.clone(),
+                        child,
+                        field: index,
+                        cascade_delete: field.on_delete == Some(OnDelete::Cascade),
+                    }),
+                    // The sandbox user is not an emulated object, so it has no describe to
+                    // list a child relationship in.
+                    None if target == "User" && field.child_relationship_name.is_none() => {}
+                    None => anyhow::bail!(
                         "salesforce schema: {}.{} references unknown object {target}",
                         object.name,
                         field.name
+                    ),
+                }
+            }
+        }
+        for (object, relationships) in objects.iter_mut().zip(children) {
+            for (i, relationship) in relationships.iter().enumerate() {
+                let Some(name) = &relationship.name else {
+                    continue;
+                };
+                // Salesforce keeps child relationship names unique per parent: the name
+                // alone picks the child object of a subquery.
+                if object
+                    .by_child
+                    .insert(name.to_ascii_lowercase(), i)
+                    .is_some()
+                {
+                    anyhow::bail!(
+                        "salesforce schema: {}: duplicate child relationship {name}",
+                        object.name
                     );
                 }
             }
+            object.child_relationships = relationships;
         }
         Ok(Schema {
             objects,
@@ -523,6 +614,7 @@ fn build_object(
             restricted: f.restricted_picklist,
             reference_to: f.reference_to,
             relationship_name: f.relationship_name,
+            child_relationship_name: f.child_relationship_name,
             on_delete: f.on_delete,
             country_name_field,
             computed: f.computed.is_some(),
@@ -562,6 +654,8 @@ fn build_object(
         by_name,
         by_relationship,
         id_field,
+        child_relationships: Vec::new(),
+        by_child: HashMap::new(),
     })
 }
 
@@ -586,6 +680,40 @@ mod tests {
             solution.relationship("opportunity__r"),
             solution.field("Opportunity__c")
         );
+    }
+
+    #[test]
+    fn child_relationships_come_from_the_lookups() {
+        let schema = Schema::load().unwrap();
+        let account = &schema.objects[schema.object("Account").unwrap()];
+        let names: Vec<_> = account
+            .child_relationships
+            .iter()
+            .map(|r| r.name.as_deref().unwrap_or(""))
+            .collect();
+        assert_eq!(names, ["Contacts", "Opportunities"]);
+        let contacts =
+            &account.child_relationships[account.child_relationship("contacts").unwrap()];
+        assert_eq!(schema.objects[contacts.child].name, "Contact");
+        assert!(contacts.cascade_delete);
+        let opportunity = &schema.objects[schema.object("Opportunity").unwrap()];
+        let solutions = &opportunity.child_relationships[opportunity
+            .child_relationship("MICROSOFT_SOLUTIONS__R")
+            .unwrap()];
+        let solution = &schema.objects[solutions.child];
+        assert_eq!(solution.fields[solutions.field].name, "Opportunity__c");
+        assert!(!solutions.cascade_delete);
+        let contact = &schema.objects[schema.object("Contact").unwrap()];
+        assert!(contact.child_relationship("Opportunities").is_some());
+    }
+
+    #[test]
+    fn duplicate_child_relationship_names_are_rejected() {
+        let text = SCHEMA.replace(
+            "\"childRelationshipName\": \"Contacts\"",
+            "\"childRelationshipName\": \"Opportunities\"",
+        );
+        assert!(Schema::parse(&text).is_err());
     }
 
     #[test]
