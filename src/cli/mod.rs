@@ -18,6 +18,7 @@ use crate::testing;
 
 mod map;
 mod ops;
+mod run;
 mod sandbox;
 mod webhook;
 
@@ -63,6 +64,10 @@ enum Command {
     Schema,
     /// Run local emulators of Partner Center, Dataverse and Salesforce (see --help).
     Sandbox(sandbox::SandboxArgs),
+    /// Keep referrals and CRM records in sync: webhooks, reconcile, CRM poll (see --help).
+    Run(run::RunArgs),
+    /// Dry run: the creates and updates a run would make now, without writing anything.
+    Plan(run::PlanArgs),
     /// Manage the Partner Center webhook registration.
     #[command(subcommand)]
     Webhook(webhook::WebhookCommand),
@@ -158,6 +163,8 @@ pub fn main() -> ExitCode {
         Command::Map(args) => map::run(&args),
         Command::Sandbox(args) => sandbox::run(&args),
         Command::Webhook(command) => webhook::run(&command),
+        Command::Run(args) => run::run(&args),
+        Command::Plan(args) => run::plan(&args),
         Command::Status { state } => ops::run(&state, &ops::Operation::Status),
         Command::Audit {
             referral_id,

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use crate::connectors::ConnectorError;
 use crate::connectors::dataverse::{AlternateKey, DataverseClient, QueryOptions, odata_string};
 use crate::connectors::salesforce::SalesforceClient;
-use crate::connectors::salesforce::soql::{Order, Soql, SoqlValue};
+use crate::connectors::salesforce::soql::{self, Order, Soql, SoqlValue};
 
 /// A connected CRM.
 #[derive(Debug, Clone)]
@@ -183,6 +183,177 @@ impl Crm {
         }
     }
 
+    /// Like [`Crm::upsert_by_key`], but always says whether the record was created and
+    /// returns its id (Dataverse: `Prefer: return=representation` selecting only the id), in
+    /// the same single call.
+    pub async fn upsert_by_key_returning(
+        &self,
+        entity: &str,
+        id_field: &str,
+        key_field: &str,
+        value: &str,
+        fields: &Map<String, Value>,
+    ) -> Result<Upserted, ConnectorError> {
+        match self {
+            Crm::Dataverse(client) => {
+                let outcome = client
+                    .upsert_returning(
+                        entity,
+                        &AlternateKey::new(key_field, value),
+                        fields,
+                        &[id_field],
+                    )
+                    .await?;
+                let id = outcome.id.or_else(|| {
+                    outcome
+                        .row
+                        .as_ref()
+                        .and_then(|row| row.fields.get(id_field))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                });
+                Ok(Upserted {
+                    id,
+                    created: outcome.created,
+                })
+            }
+            Crm::Salesforce(_) => self.upsert_by_key(entity, key_field, value, fields).await,
+        }
+    }
+
+    /// The column holding a record's last-modified time (`modifiedon` /
+    /// `LastModifiedDate`), for newest-wins conflict resolution and change polling.
+    pub fn modified_field(&self) -> &'static str {
+        match self {
+            Crm::Dataverse(_) => "modifiedon",
+            Crm::Salesforce(_) => "SystemModstamp",
+        }
+    }
+
+    /// One record with its related records nested the way the mapping reads them: each
+    /// `expand` entry (relationship → columns) becomes `$expand` on Dataverse; on
+    /// Salesforce a parent relationship becomes `Rel.Column` fields and a child relationship
+    /// (per `child_relationships`) a sub-query, so `$.Microsoft_Solutions__r.records` works
+    /// as in Salesforce's own answers. `fields` lists the record's own columns (Salesforce
+    /// has no `SELECT *`; Dataverse reads all columns when empty). `None`: no such record.
+    pub async fn read_expanded(
+        &self,
+        entity: &str,
+        id_field: &str,
+        id: &str,
+        fields: &[String],
+        expand: &std::collections::BTreeMap<String, Vec<String>>,
+        child_relationships: &[String],
+    ) -> Result<Option<Versioned>, ConnectorError> {
+        match self {
+            Crm::Dataverse(client) => {
+                let expand = expand
+                    .iter()
+                    .map(|(relationship, columns)| {
+                        if columns.is_empty() {
+                            relationship.clone()
+                        } else {
+                            format!("{relationship}($select={})", columns.join(","))
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",");
+                // A GUID literal is unquoted in OData; anything else is refused before it
+                // reaches the filter.
+                if !is_guid(id) {
+                    return Ok(None);
+                }
+                let options = QueryOptions {
+                    select: fields.to_vec(),
+                    filter: Some(format!("{id_field} eq {id}")),
+                    orderby: None,
+                    top: Some(1),
+                    page_size: Some(1),
+                    expand: (!expand.is_empty()).then_some(expand),
+                };
+                let mut rows = Box::pin(client.query(entity, options));
+                match rows.next().await {
+                    Some(row) => {
+                        let row = row?;
+                        let mut fields = row.fields;
+                        if let Some(id) = row.id {
+                            fields
+                                .entry(id_field.to_owned())
+                                .or_insert(Value::String(id));
+                        }
+                        Ok(Some(Versioned {
+                            version: row.etag,
+                            fields,
+                        }))
+                    }
+                    None => Ok(None),
+                }
+            }
+            Crm::Salesforce(client) => {
+                let mut select: Vec<String> = Vec::new();
+                let push = |name: String, select: &mut Vec<String>| {
+                    if !select.iter().any(|s| s.eq_ignore_ascii_case(&name)) {
+                        select.push(name);
+                    }
+                };
+                push(id_field.to_owned(), &mut select);
+                for field in fields {
+                    push(field.clone(), &mut select);
+                }
+                for (relationship, columns) in expand {
+                    if child_relationships.iter().any(|c| c == relationship) {
+                        let mut inner = vec!["Id".to_owned()];
+                        for column in columns {
+                            if !inner.iter().any(|s| s.eq_ignore_ascii_case(column)) {
+                                inner.push(column.clone());
+                            }
+                        }
+                        push(
+                            format!("(SELECT {} FROM {relationship})", inner.join(", ")),
+                            &mut select,
+                        );
+                    } else {
+                        for column in columns {
+                            push(format!("{relationship}.{column}"), &mut select);
+                        }
+                    }
+                }
+                for name in &select {
+                    if !name.starts_with('(') && !name.split('.').all(soql::is_identifier) {
+                        return Err(ConnectorError::Config {
+                            message: format!("`{name}` is not a Salesforce field name"),
+                        });
+                    }
+                }
+                let query = format!(
+                    "SELECT {} FROM {entity} WHERE {id_field} = {} LIMIT 1",
+                    select.join(", "),
+                    soql::quote(id)
+                );
+                if !soql::is_identifier(entity) || !soql::is_identifier(id_field) {
+                    return Err(ConnectorError::Config {
+                        message: format!("`{entity}.{id_field}` is not a Salesforce name"),
+                    });
+                }
+                let mut records = Box::pin(client.query(&query));
+                match records.next().await {
+                    Some(record) => {
+                        let mut record = record?;
+                        record.remove("attributes");
+                        Ok(Some(Versioned {
+                            version: record
+                                .get("LastModifiedDate")
+                                .and_then(Value::as_str)
+                                .map(str::to_owned),
+                            fields: record,
+                        }))
+                    }
+                    None => Ok(None),
+                }
+            }
+        }
+    }
+
     /// Creates a record of `entity` and returns its id.
     pub async fn create(
         &self,
@@ -248,4 +419,14 @@ fn soql_literal(field: &str, value: &Value) -> Result<SoqlValue, ConnectorError>
         Value::Null => SoqlValue::null(),
         other => return Err(unsupported(field, other)),
     })
+}
+
+/// Whether `text` is a GUID (8-4-4-4-12 hex digits).
+pub fn is_guid(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('-').collect();
+    parts.len() == 5
+        && parts
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(part, len)| part.len() == len && part.bytes().all(|b| b.is_ascii_hexdigit()))
 }

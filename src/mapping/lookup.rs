@@ -37,7 +37,7 @@ pub enum Outcome {
 
 /// Computes the fields of the record a lookup creates, by lookup name (see
 /// `Plan::lookup_create_text`); `Err` is the user-facing reason it cannot.
-pub type CreateFields<'a> = dyn Fn(&str) -> Result<Map<String, Value>, String> + 'a;
+pub type CreateFields<'a> = dyn Fn(&str) -> Result<Map<String, Value>, String> + Sync + 'a;
 
 /// Whether two values are equal for lookup purposes.
 pub fn values_match(wanted: &Value, actual: &Value) -> bool {

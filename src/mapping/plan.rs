@@ -257,6 +257,28 @@ pub struct FlowPlan {
     pub lookups_used: Vec<String>,
 }
 
+impl FlowPlan {
+    /// The compiled target fields, in file order.
+    pub fn fields(&self) -> &[FieldPlan] {
+        &self.fields
+    }
+
+    /// The compiled `on_success` write-back fields.
+    pub fn on_success_fields(&self) -> &[FieldPlan] {
+        &self.on_success
+    }
+
+    /// The compiled `on_failure` write-back fields.
+    pub fn on_failure_fields(&self) -> &[FieldPlan] {
+        &self.on_failure
+    }
+
+    /// Whether the flow makes one target record per element (`for_each`).
+    pub fn is_for_each(&self) -> bool {
+        self.for_each.is_some()
+    }
+}
+
 /// Everything compiled from one mapping file.
 #[derive(Debug)]
 pub struct Plan {
@@ -496,6 +518,12 @@ impl Plan {
             ],
         };
         self.engine.render(&l.result, &vars).map(Value::String)
+    }
+
+    /// The primary key column of a CRM table (`opportunities` → `opportunityid`, any
+    /// Salesforce object → `Id`).
+    pub fn id_field(&self, entity: &str) -> String {
+        default_id_field(self.crm, entity)
     }
 
     /// Maps one source record through a flow.

@@ -865,6 +865,30 @@ impl Store {
         }
     }
 
+    /// Links whose snapshot mentions `needle` (a CRM child record's id): how a deletion
+    /// that names only the child finds its parent. A scan, meant for rare events.
+    pub async fn links_mentioning(&self, needle: &str) -> Result<Vec<Link>, StoreError> {
+        let text = sql(format!(
+            "SELECT {LINK_COLUMNS} FROM links WHERE snapshot LIKE $1"
+        ));
+        let pattern = format!(
+            "%\"{}\"%",
+            // LIKE wildcards and JSON quoting out: ids never contain them.
+            needle.replace(['\\', '%', '_', '"'], "")
+        );
+        with_pool!(self, |pool| {
+            let rows = sqlx::query(text)
+                .bind(&pattern)
+                .fetch_all(pool)
+                .await
+                .map_err(db("reading links"))?;
+            rows.iter()
+                .map(link_from_row)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db("reading links"))
+        })
+    }
+
     /// How many links are in each state.
     pub async fn links_by_state(&self) -> Result<BTreeMap<String, u64>, StoreError> {
         with_pool!(self, |pool| {

@@ -1,0 +1,2294 @@
+//! One referral at a time: the jobs the inbox hands out, run through the flows of the
+//! mapping file. Nothing here names a CRM field — tables, columns, stages and rules all come
+//! from the compiled [`Plan`]; the CRM differences live in [`Crm`].
+//!
+//! How the engine stays frugal and safe (design §6):
+//! - **Diff-gated writes.** The link's snapshot keeps, per side, the projection last synced.
+//!   A change is the set of fields whose mapped value differs from it; nothing changed, no
+//!   call. That is also the echo suppression: our own write coming back maps to the
+//!   projection we stored when we wrote it.
+//! - **Conflicts by owner.** A field changed on both sides since the last sync is settled by
+//!   the field's declared `owner` (default: the flow's source side), `newest` comparing the
+//!   two records' modification times, and audited.
+//! - **No duplicates.** CRM records are upserted by the referral-id key; a referral is only
+//!   created after checking links and Partner Center's `externalReferenceId`.
+//! - **Concurrency.** Writes carry `If-Match` / `If-Unmodified-Since`; a 412 re-runs the job.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Map, Value, json};
+use tokio::sync::Mutex;
+
+use super::crm::{Crm, is_guid};
+use super::lookups::{LookupCache, resolve_live};
+use crate::config::model::{CrmKind, Operation, Owner, RecordKind, WriteOn};
+use crate::connectors::ConnectorError;
+use crate::connectors::partner_center::{
+    ODataFilter, PartnerCenterClient, Referral, ReferralQuery, diff_to_patch,
+};
+use crate::mapping::lookup::Outcome;
+use crate::mapping::plan::{FlowPlan, Input, Mapped, Plan, TargetRecord, placeholder_name};
+use crate::mapping::transforms::datetime;
+use crate::store::{Job, Link, NewAudit, Store, StoreError};
+
+/// Job kind: a Partner Center webhook event (`{event, referral_id}`).
+pub const PC_EVENT: &str = super::inbox::PC_EVENT;
+/// Job kind: a referral found by the reconcile (`{referral}` — the body as listed).
+pub const PC_REFERRAL: &str = "pc_referral";
+/// Job kind: a changed CRM record (`{entity, id}`).
+pub const CRM_CHANGE: &str = "crm_change";
+
+/// Longest CRM audit trail kept (characters), newest entry first.
+const AUDIT_TRAIL_CHARS: usize = 2000;
+
+/// Partner Center refuses these paths in an update (reference §2.8: the customer address is
+/// fixed once shared); sending them would fail the whole patch.
+const NOT_UPDATABLE: &[&str] = &["customerProfile.address."];
+
+/// What a job did, for metrics and `--once` accounting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Something was written (to the CRM, to Partner Center or both).
+    Written,
+    /// Nothing changed (re-delivery, echo of our own write).
+    Unchanged,
+    /// No flow applies (sync flag off, on hold, co-sell only, secondary referral).
+    Skipped,
+    /// Bad data: audited (and marked on the CRM record where the flow says so), not retried.
+    Rejected,
+}
+
+impl JobOutcome {
+    /// Label for metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JobOutcome::Written => "written",
+            JobOutcome::Unchanged => "unchanged",
+            JobOutcome::Skipped => "skipped",
+            JobOutcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// Why a job did not finish.
+#[derive(Debug, Clone)]
+pub enum JobError {
+    /// Worth another attempt (throttling, outage, a concurrent change); `after` is the
+    /// upstream's hint.
+    Retry {
+        /// What went wrong.
+        message: String,
+        /// Wait at least this long.
+        after: Option<Duration>,
+    },
+    /// Trying again cannot help (a request the service refuses); goes to the dead letters.
+    Fail {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl JobError {
+    /// The message.
+    pub fn message(&self) -> &str {
+        match self {
+            JobError::Retry { message, .. } | JobError::Fail { message } => message,
+        }
+    }
+}
+
+impl std::fmt::Display for JobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for JobError {}
+
+impl From<ConnectorError> for JobError {
+    fn from(error: ConnectorError) -> Self {
+        let message = error.to_string();
+        match &error {
+            ConnectorError::PreconditionFailed { .. } => JobError::Retry {
+                message,
+                after: Some(Duration::ZERO),
+            },
+            ConnectorError::Status { status, .. } if *status == 429 || *status >= 500 => {
+                JobError::Retry {
+                    message,
+                    after: None,
+                }
+            }
+            _ if error.is_transient() => JobError::Retry {
+                message,
+                after: error.retry_after(),
+            },
+            ConnectorError::Auth { .. } => JobError::Retry {
+                message,
+                after: Some(Duration::from_secs(30)),
+            },
+            _ => JobError::Fail { message },
+        }
+    }
+}
+
+impl From<StoreError> for JobError {
+    fn from(error: StoreError) -> Self {
+        JobError::Retry {
+            message: error.to_string(),
+            after: Some(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// What a dry run would write (`cosell plan`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PlannedWrite {
+    /// `crm` or `partner_center`.
+    pub system: &'static str,
+    /// `create` or `update`.
+    pub action: &'static str,
+    /// Table / object, or `referrals`.
+    pub entity: String,
+    /// The record written (CRM id or referral id), when it exists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The flow that decided it.
+    pub flow: String,
+    /// The referral concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub referral_id: Option<String>,
+    /// The fields that would be written.
+    pub fields: Map<String, Value>,
+}
+
+/// The flows of a plan by the part they play.
+#[derive(Debug, Default)]
+struct Roles {
+    /// referral → CRM record, first whose `when` holds wins.
+    pc_main: Vec<String>,
+    /// referral → CRM child records, by parent flow.
+    pc_children: Vec<String>,
+    /// related referral → CRM record.
+    related: Vec<String>,
+    /// CRM record → referral.
+    crm_main: Vec<String>,
+    /// CRM record → a second referral on the same engagement (Microsoft's).
+    crm_secondary: Vec<String>,
+}
+
+impl Roles {
+    fn of(plan: &Plan) -> Roles {
+        let mut roles = Roles::default();
+        for flow in plan.flows() {
+            let name = flow.name.clone();
+            match (flow.source, flow.target.is_partner_center(), &flow.parent) {
+                (RecordKind::Referral, false, None) => roles.pc_main.push(name),
+                (RecordKind::Referral, false, Some(_)) => roles.pc_children.push(name),
+                (RecordKind::RelatedReferral, false, _) => roles.related.push(name),
+                (source, true, None) if !source.is_partner_center() => roles.crm_main.push(name),
+                (source, true, Some(_)) if !source.is_partner_center() => {
+                    roles.crm_secondary.push(name)
+                }
+                _ => {}
+            }
+        }
+        roles
+    }
+}
+
+/// The per-link memory the engine keeps in [`Link::snapshot`].
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Snapshot {
+    /// The referral as last read or written (for patches and CRM → PC diffs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    referral: Option<Value>,
+    /// Referral → CRM projection last synced (update operation), by CRM field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pc_projection: Option<Map<String, Value>>,
+    /// CRM → referral projection last synced, by dotted referral path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crm_projection: Option<Map<String, Value>>,
+    /// Related referral → CRM projection last synced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    related_projection: Option<Map<String, Value>>,
+    /// Hash of the child records last synced per child flow.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    children: BTreeMap<String, String>,
+    /// Ids of the CRM child records read with the record (to route deletions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    crm_children: Vec<String>,
+    /// Microsoft's referral on the engagement, once created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    microsoft_referral: Option<String>,
+}
+
+impl Snapshot {
+    fn of(link: Option<&Link>) -> Snapshot {
+        link.and_then(|l| l.snapshot.clone())
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default()
+    }
+
+    fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// A Salesforce object's field names and child relationship names.
+type Described = (Vec<String>, Vec<String>);
+
+/// The sync engine: a compiled plan, both systems and the state store.
+pub struct Engine {
+    plan: Arc<Plan>,
+    pc: PartnerCenterClient,
+    crm: Crm,
+    store: Store,
+    roles: Roles,
+    cache: Mutex<LookupCache>,
+    /// Salesforce describe results: object → (fields, child relationships).
+    describe: Mutex<HashMap<String, Described>>,
+    /// `Some` during a dry run: writes are collected here instead of made.
+    dry_run: Option<std::sync::Mutex<Vec<PlannedWrite>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("crm", &self.plan.crm)
+            .field("store", &self.store.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A CRM record id of the mapping's CRM (GUIDs for Dataverse, 15/18 characters for
+/// Salesforce); anything else in `externalReferenceId` is not ours.
+fn plausible_crm_id(crm: CrmKind, id: &str) -> bool {
+    match crm {
+        CrmKind::Dynamics365 => is_guid(id),
+        CrmKind::Salesforce => {
+            (id.len() == 15 || id.len() == 18) && id.bytes().all(|b| b.is_ascii_alphanumeric())
+        }
+    }
+}
+
+impl Engine {
+    /// An engine over `plan`, both clients and `store`.
+    pub fn new(plan: Arc<Plan>, pc: PartnerCenterClient, crm: Crm, store: Store) -> Engine {
+        let roles = Roles::of(&plan);
+        Engine {
+            plan,
+            pc,
+            crm,
+            store,
+            roles,
+            cache: Mutex::new(LookupCache::default()),
+            describe: Mutex::new(HashMap::new()),
+            dry_run: None,
+        }
+    }
+
+    /// The same engine in dry-run mode: reads happen, writes are only recorded
+    /// ([`Engine::planned`]) and the store is not changed.
+    pub fn dry_run(mut self) -> Engine {
+        self.dry_run = Some(std::sync::Mutex::new(Vec::new()));
+        self
+    }
+
+    /// The writes a dry run collected.
+    pub fn planned(&self) -> Vec<PlannedWrite> {
+        self.dry_run
+            .as_ref()
+            .map(|d| crate::connectors::lock(d).clone())
+            .unwrap_or_default()
+    }
+
+    fn plan_write(&self, write: PlannedWrite) -> bool {
+        match &self.dry_run {
+            Some(list) => {
+                crate::connectors::lock(list).push(write);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The Partner Center client.
+    pub fn partner_center(&self) -> &PartnerCenterClient {
+        &self.pc
+    }
+
+    /// The CRM.
+    pub fn crm(&self) -> &Crm {
+        &self.crm
+    }
+
+    /// The compiled plan.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// CRM tables whose changes drive CRM → Partner Center flows, with their sync-flag and
+    /// referral-id columns.
+    pub fn polled_entities(&self) -> Vec<PolledEntity> {
+        let mut out: Vec<PolledEntity> = Vec::new();
+        for name in &self.roles.crm_main {
+            let Some(flow) = self.plan.flow(name) else {
+                continue;
+            };
+            if out.iter().any(|p| p.entity == flow.entity) {
+                continue;
+            }
+            out.push(PolledEntity {
+                entity: flow.entity.clone(),
+                id_field: self.plan.id_field(&flow.entity),
+                sync_flag: flow.sync_flag.clone(),
+                referral_id_field: flow.referral_id_field.clone(),
+                children: self.child_tables(flow),
+            });
+        }
+        out
+    }
+
+    /// Child tables of a CRM → PC flow's `expand` (solutions), as (table, parent column).
+    fn child_tables(&self, flow: &FlowPlan) -> Vec<ChildTable> {
+        let mut out = Vec::new();
+        for name in &self.roles.pc_children {
+            let Some(child) = self.plan.flow(name) else {
+                continue;
+            };
+            // The child flow writes the column that points at the parent record.
+            for field in child.fields() {
+                let column = field.target.trim_end_matches("@odata.bind");
+                let is_parent_ref = match self.plan.crm {
+                    CrmKind::Dynamics365 => field.target.ends_with("@odata.bind"),
+                    CrmKind::Salesforce => {
+                        column.ends_with("__c") && column.to_lowercase().contains("opportunit")
+                    }
+                };
+                if is_parent_ref && child.target != RecordKind::Referral {
+                    let parent_column = match self.plan.crm {
+                        CrmKind::Dynamics365 => format!("_{column}_value"),
+                        CrmKind::Salesforce => column.to_owned(),
+                    };
+                    if !out.iter().any(|c: &ChildTable| c.entity == child.entity) {
+                        out.push(ChildTable {
+                            entity: child.entity.clone(),
+                            id_field: self.plan.id_field(&child.entity),
+                            parent_column,
+                        });
+                    }
+                }
+            }
+        }
+        let _ = flow;
+        out
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Jobs
+    // ---------------------------------------------------------------------------------
+
+    /// Runs one inbox job.
+    pub async fn handle(&self, job: &Job) -> Result<JobOutcome, JobError> {
+        match job.kind.as_str() {
+            PC_EVENT => {
+                let referral_id = job.payload["referral_id"].as_str().unwrap_or_default();
+                let event = job.payload["event"].as_str().unwrap_or_default();
+                if referral_id.is_empty() {
+                    return Err(JobError::Fail {
+                        message: "the event names no referral".into(),
+                    });
+                }
+                let referral = match self.pc.get_referral(referral_id).await {
+                    Ok(r) => r,
+                    Err(ConnectorError::NotFound { .. }) => {
+                        self.audit(
+                            Some(referral_id),
+                            None,
+                            None,
+                            "-",
+                            "ignored",
+                            "the referral of the event no longer exists",
+                            json!({"event": event}),
+                        )
+                        .await?;
+                        return Ok(JobOutcome::Skipped);
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let value = serde_json::to_value(&referral).unwrap_or(Value::Null);
+                if event.starts_with("related-referral") {
+                    self.sync_related(value).await
+                } else {
+                    self.sync_referral(value).await
+                }
+            }
+            PC_REFERRAL => self.sync_referral(job.payload["referral"].clone()).await,
+            CRM_CHANGE => {
+                let entity = job.payload["entity"].as_str().unwrap_or_default();
+                let id = job.payload["id"].as_str().unwrap_or_default();
+                self.sync_crm_record(entity, id).await
+            }
+            other => Err(JobError::Fail {
+                message: format!("unknown job kind `{other}`"),
+            }),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn audit(
+        &self,
+        referral_id: Option<&str>,
+        entity: Option<&str>,
+        crm_id: Option<&str>,
+        flow: &str,
+        outcome: &str,
+        message: &str,
+        details: Value,
+    ) -> Result<(), StoreError> {
+        if self.dry_run.is_some() {
+            return Ok(());
+        }
+        metrics::counter!("cosell_jobs_total", "flow" => flow.to_owned(), "outcome" => outcome.to_owned())
+            .increment(1);
+        self.store
+            .audit(&NewAudit {
+                referral_id: referral_id.map(str::to_owned),
+                crm_entity: entity.map(str::to_owned),
+                crm_id: crm_id.map(str::to_owned),
+                flow: flow.to_owned(),
+                outcome: outcome.to_owned(),
+                message: message.to_owned(),
+                details,
+            })
+            .await
+    }
+
+    async fn save_link(&self, link: &Link) -> Result<(), StoreError> {
+        if self.dry_run.is_some() {
+            return Ok(());
+        }
+        self.store.save_link(link).await
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Partner Center → CRM
+    // ---------------------------------------------------------------------------------
+
+    /// Syncs one referral into the CRM (S1, S6, S12, S13 and the echo of S2–S5, S8).
+    pub async fn sync_referral(&self, referral: Value) -> Result<JobOutcome, JobError> {
+        let Some(referral_id) = referral["id"].as_str().map(str::to_owned) else {
+            return Err(JobError::Fail {
+                message: "the referral has no id".into(),
+            });
+        };
+        let rid = referral_id.as_str();
+        let record = Arc::new(referral.clone());
+        let mut link = self.store.link(rid).await?;
+
+        // Choose the flow (first whose `when` holds).
+        let operation = if link.as_ref().is_some_and(|l| l.crm_id.is_some()) {
+            Operation::Update
+        } else {
+            Operation::Create
+        };
+        let mut chosen: Option<(&FlowPlan, Mapped)> = None;
+        for name in &self.roles.pc_main {
+            let Some(flow) = self.plan.flow(name) else {
+                continue;
+            };
+            if let Some(l) = &link
+                && operation == Operation::Update
+                && l.entity != flow.entity
+            {
+                continue;
+            }
+            let mapped = self.plan.evaluate(
+                flow,
+                &Input {
+                    record: &record,
+                    parent: None,
+                    operation,
+                },
+            );
+            if !mapped.skipped {
+                chosen = Some((flow, mapped));
+                break;
+            }
+        }
+        let Some((flow, mapped)) = chosen else {
+            if link.is_none() {
+                self.audit(
+                    Some(rid),
+                    None,
+                    None,
+                    "-",
+                    "skipped",
+                    &skip_reason(&referral),
+                    json!({}),
+                )
+                .await?;
+            }
+            return Ok(JobOutcome::Skipped);
+        };
+
+        // A referral naming a CRM record (externalReferenceId) that we did not link yet.
+        if link.is_none()
+            && let Some(external) = referral["externalReferenceId"]
+                .as_str()
+                .filter(|s| !s.trim().is_empty())
+        {
+            if let Some(other) = self.store.link_by_crm(&flow.entity, external).await? {
+                // Microsoft's referral of our own engagement, or a copy: the record already
+                // follows its referral.
+                if other.referral_id != rid {
+                    self.audit(
+                        Some(rid),
+                        Some(&flow.entity),
+                        Some(external),
+                        &flow.name,
+                        "skipped",
+                        &format!(
+                            "the CRM record {external} already follows referral {}",
+                            other.referral_id
+                        ),
+                        json!({}),
+                    )
+                    .await?;
+                    return Ok(JobOutcome::Skipped);
+                }
+            }
+            let exists = plausible_crm_id(self.plan.crm, external)
+                && self
+                    .crm
+                    .get(&flow.entity, external, &[&flow.referral_id_field])
+                    .await?
+                    .is_some();
+            if !exists {
+                // Troubleshooting guide: a CRM ID that matches no CRM record → ignored.
+                self.audit(
+                    Some(rid),
+                    Some(&flow.entity),
+                    Some(external),
+                    &flow.name,
+                    "ignored",
+                    &format!(
+                        "externalReferenceId {external} matches no {} record; the referral is ignored",
+                        flow.entity
+                    ),
+                    json!({}),
+                )
+                .await?;
+                return Ok(JobOutcome::Skipped);
+            }
+            let mut adopted = Link::new(rid, flow.entity.clone(), "synced");
+            adopted.crm_id = Some(external.to_owned());
+            link = Some(adopted);
+            return Box::pin(self.sync_referral_with(flow, &referral, link, Operation::Update))
+                .await;
+        }
+        if !mapped.violations.is_empty() {
+            let message = violation_text(&mapped);
+            self.audit(
+                Some(rid),
+                Some(&flow.entity),
+                link.as_ref().and_then(|l| l.crm_id.as_deref()),
+                &flow.name,
+                "rejected",
+                &message,
+                json!({"violations": mapped.violations}),
+            )
+            .await?;
+            return Ok(JobOutcome::Rejected);
+        }
+        self.write_referral(flow, &referral, link, operation, mapped)
+            .await
+    }
+
+    async fn sync_referral_with(
+        &self,
+        flow: &FlowPlan,
+        referral: &Value,
+        link: Option<Link>,
+        operation: Operation,
+    ) -> Result<JobOutcome, JobError> {
+        let record = Arc::new(referral.clone());
+        let mapped = self.plan.evaluate(
+            flow,
+            &Input {
+                record: &record,
+                parent: None,
+                operation,
+            },
+        );
+        if mapped.skipped {
+            return Ok(JobOutcome::Skipped);
+        }
+        if !mapped.violations.is_empty() {
+            let rid = referral["id"].as_str();
+            self.audit(
+                rid,
+                Some(&flow.entity),
+                None,
+                &flow.name,
+                "rejected",
+                &violation_text(&mapped),
+                json!({"violations": mapped.violations}),
+            )
+            .await?;
+            return Ok(JobOutcome::Rejected);
+        }
+        self.write_referral(flow, referral, link, operation, mapped)
+            .await
+    }
+
+    /// The projection stored for later diffs: always the update-operation mapping, so that
+    /// create-only fields never count as changes.
+    fn update_projection(&self, flow: &FlowPlan, referral: &Value) -> Map<String, Value> {
+        let record = Arc::new(referral.clone());
+        let mapped = self.plan.evaluate(
+            flow,
+            &Input {
+                record: &record,
+                parent: None,
+                operation: Operation::Update,
+            },
+        );
+        mapped
+            .records
+            .into_iter()
+            .next()
+            .map(|r| r.fields)
+            .unwrap_or_default()
+    }
+
+    async fn write_referral(
+        &self,
+        flow: &FlowPlan,
+        referral: &Value,
+        link: Option<Link>,
+        operation: Operation,
+        mapped: Mapped,
+    ) -> Result<JobOutcome, JobError> {
+        let rid = referral["id"].as_str().unwrap_or_default();
+        let mut snapshot = Snapshot::of(link.as_ref());
+        let projection = self.update_projection(flow, referral);
+        let Some(mut target) = mapped.records.into_iter().next() else {
+            return Ok(JobOutcome::Skipped);
+        };
+        let id_field = self.plan.id_field(&flow.entity);
+        let mut link = link.unwrap_or_else(|| Link::new(rid, flow.entity.clone(), "syncing"));
+        let mut written = false;
+
+        let crm_id = match (operation, link.crm_id.clone()) {
+            (Operation::Update, Some(crm_id)) => {
+                let previous = snapshot.pc_projection.clone().unwrap_or_default();
+                let mut changed: Vec<String> = projection
+                    .keys()
+                    .filter(|k| !same(previous.get(*k), projection.get(*k)))
+                    .cloned()
+                    .collect();
+                if changed.is_empty() {
+                    // Re-delivery, reconcile of a synced referral, or our own write.
+                    snapshot.referral = Some(referral.clone());
+                    link.pc_etag = referral["eTag"].as_str().map(str::to_owned);
+                    link.snapshot = Some(snapshot.to_value());
+                    if snapshot_changed(&link, referral) {
+                        self.save_link(&link).await?;
+                    }
+                    return Ok(JobOutcome::Unchanged);
+                }
+                // Conflicts: fields the seller changed too since the last sync.
+                let comparable: Vec<String> = changed
+                    .iter()
+                    .filter(|k| {
+                        !k.contains('@')
+                            && target
+                                .fields
+                                .get(k.as_str())
+                                .is_some_and(|v| placeholder_name(v).is_none())
+                    })
+                    .cloned()
+                    .collect();
+                let modified = self.crm.modified_field();
+                let mut read_fields: Vec<&str> = comparable.iter().map(String::as_str).collect();
+                read_fields.push(modified);
+                let current = self.crm.get(&flow.entity, &crm_id, &read_fields).await?;
+                let Some(current) = current else {
+                    // The CRM record is gone: the referral goes back to unlinked.
+                    self.audit(
+                        Some(rid),
+                        Some(&flow.entity),
+                        Some(&crm_id),
+                        &flow.name,
+                        "ignored",
+                        &format!(
+                            "{} {crm_id} no longer exists in the CRM; the referral is not synced",
+                            flow.entity
+                        ),
+                        json!({}),
+                    )
+                    .await?;
+                    link.state = "orphaned".into();
+                    self.save_link(&link).await?;
+                    return Ok(JobOutcome::Skipped);
+                };
+                let mut conflicts = Vec::new();
+                changed.retain(|field| {
+                    let Some(before) = previous.get(field) else {
+                        return true;
+                    };
+                    if !comparable.contains(field) {
+                        return true;
+                    }
+                    let now_in_crm = current.fields.get(field);
+                    if same(now_in_crm, Some(before)) || same(now_in_crm, projection.get(field)) {
+                        return true;
+                    }
+                    let owner = self.owner(flow, field).unwrap_or(Owner::PartnerCenter);
+                    let pc_wins = match owner {
+                        Owner::PartnerCenter => true,
+                        Owner::Crm => false,
+                        Owner::Newest => newer(
+                            referral["updatedDateTime"].as_str(),
+                            current.fields.get(modified).and_then(Value::as_str),
+                        ),
+                    };
+                    conflicts.push(json!({
+                        "field": field,
+                        "partner_center": projection.get(field),
+                        "crm": now_in_crm,
+                        "last_synced": before,
+                        "owner": format!("{owner:?}").to_lowercase(),
+                        "kept": if pc_wins { "partner_center" } else { "crm" },
+                    }));
+                    pc_wins
+                });
+                if !conflicts.is_empty() {
+                    let fields: Vec<String> = conflicts
+                        .iter()
+                        .map(|c| {
+                            format!(
+                                "{} ({} kept)",
+                                c["field"].as_str().unwrap_or(""),
+                                c["kept"].as_str().unwrap_or("")
+                            )
+                        })
+                        .collect();
+                    self.audit(
+                        Some(rid),
+                        Some(&flow.entity),
+                        Some(&crm_id),
+                        &flow.name,
+                        "conflict",
+                        &format!("changed on both sides: {}", fields.join(", ")),
+                        json!({"conflicts": conflicts}),
+                    )
+                    .await?;
+                }
+                let mut fields = Map::new();
+                for field in &changed {
+                    if let Some(v) = target.fields.get(field) {
+                        fields.insert(field.clone(), v.clone());
+                    }
+                }
+                target.fields = fields;
+                let wanted: Vec<String> = target
+                    .lookups
+                    .iter()
+                    .filter(|l| {
+                        target
+                            .fields
+                            .values()
+                            .any(|v| placeholder_name(v) == Some(l.name.as_str()))
+                            || needed_by_others(&target, &l.name)
+                    })
+                    .map(|l| l.name.clone())
+                    .collect();
+                target.lookups.retain(|l| wanted.contains(&l.name));
+                if !target.fields.is_empty() {
+                    if let Err(message) = self.resolve_lookups(flow, referral, &mut target).await? {
+                        self.audit(
+                            Some(rid),
+                            Some(&flow.entity),
+                            Some(&crm_id),
+                            &flow.name,
+                            "rejected",
+                            &message,
+                            json!({}),
+                        )
+                        .await?;
+                        return Ok(JobOutcome::Rejected);
+                    }
+                    if !self.plan_write(PlannedWrite {
+                        system: "crm",
+                        action: "update",
+                        entity: flow.entity.clone(),
+                        id: Some(crm_id.clone()),
+                        flow: flow.name.clone(),
+                        referral_id: Some(rid.to_owned()),
+                        fields: target.fields.clone(),
+                    }) {
+                        self.crm
+                            .update(
+                                &flow.entity,
+                                &crm_id,
+                                &target.fields,
+                                current.version.as_deref(),
+                            )
+                            .await?;
+                    }
+                    written = true;
+                    self.audit(
+                        Some(rid),
+                        Some(&flow.entity),
+                        Some(&crm_id),
+                        &flow.name,
+                        "updated",
+                        &format!("updated {} in the CRM", keys(&target.fields)),
+                        json!({"fields": target.fields}),
+                    )
+                    .await?;
+                }
+                crm_id
+            }
+            _ => {
+                // Create (or repair a half-finished create: the upsert by referral id finds
+                // the record a crashed attempt made).
+                if let Err(message) = self.resolve_lookups(flow, referral, &mut target).await? {
+                    self.audit(
+                        Some(rid),
+                        Some(&flow.entity),
+                        None,
+                        &flow.name,
+                        "rejected",
+                        &message,
+                        json!({}),
+                    )
+                    .await?;
+                    return Ok(JobOutcome::Rejected);
+                }
+                let mut fields = target.fields.clone();
+                fields.remove(&flow.referral_id_field);
+                let (crm_id, created) = if self.plan_write(PlannedWrite {
+                    system: "crm",
+                    action: "create",
+                    entity: flow.entity.clone(),
+                    id: None,
+                    flow: flow.name.clone(),
+                    referral_id: Some(rid.to_owned()),
+                    fields: target.fields.clone(),
+                }) {
+                    (String::new(), true)
+                } else {
+                    let upserted = self
+                        .crm
+                        .upsert_by_key_returning(
+                            &flow.entity,
+                            &id_field,
+                            &flow.referral_id_field,
+                            rid,
+                            &fields,
+                        )
+                        .await?;
+                    let crm_id = match upserted.id {
+                        Some(id) => id,
+                        None => self
+                            .crm
+                            .find(
+                                &flow.entity,
+                                &id_field,
+                                &object(json!({ flow.referral_id_field.clone(): rid })),
+                            )
+                            .await?
+                            .ok_or_else(|| JobError::Retry {
+                                message: format!(
+                                    "the upserted {} of referral {rid} cannot be found yet",
+                                    flow.entity
+                                ),
+                                after: Some(Duration::from_secs(1)),
+                            })?,
+                    };
+                    (crm_id, upserted.created.unwrap_or(true))
+                };
+                written = true;
+                link.crm_id = (!crm_id.is_empty()).then(|| crm_id.clone());
+                link.entity = flow.entity.clone();
+                // The link first: a crash after this point resumes as an update.
+                link.state = "syncing".into();
+                self.save_link(&link).await?;
+                self.audit(
+                    Some(rid),
+                    Some(&flow.entity),
+                    Some(&crm_id),
+                    &flow.name,
+                    if created { "created" } else { "updated" },
+                    &format!(
+                        "{} {} {crm_id} in the CRM",
+                        if created { "created" } else { "updated" },
+                        flow.entity
+                    ),
+                    json!({"fields": target.fields}),
+                )
+                .await?;
+                snapshot.children.clear();
+                if created {
+                    snapshot.children.insert("__new".into(), String::new());
+                }
+                crm_id
+            }
+        };
+
+        // Child records (solutions).
+        if !crm_id.is_empty() {
+            self.write_children(flow, referral, &crm_id, &mut snapshot)
+                .await?;
+        }
+        snapshot.children.remove("__new");
+
+        // Write-back to Partner Center (externalReferenceId).
+        let mut referral_now = referral.clone();
+        if !crm_id.is_empty() {
+            let result = json!({ id_field.clone(): crm_id.clone(), "id": crm_id.clone() });
+            let record = Arc::new(referral.clone());
+            if let Ok(fields) = self.plan.on_success(flow, &record, &result) {
+                let mut desired = referral.clone();
+                for (path, value) in flatten_object(&fields) {
+                    set_path(&mut desired, &path, value);
+                }
+                let ops = diff_to_patch(referral, &desired);
+                if !ops.is_empty() && referral["status"] != "Closed" {
+                    if !self.plan_write(PlannedWrite {
+                        system: "partner_center",
+                        action: "update",
+                        entity: "referrals".into(),
+                        id: Some(rid.to_owned()),
+                        flow: flow.name.clone(),
+                        referral_id: Some(rid.to_owned()),
+                        fields: fields.clone(),
+                    }) {
+                        let updated = self
+                            .pc
+                            .patch_referral_returning(rid, &ops, referral["eTag"].as_str())
+                            .await?;
+                        referral_now = serde_json::to_value(&updated).unwrap_or(desired);
+                    }
+                    written = true;
+                }
+            }
+        }
+        link.state = state_of(&referral_now);
+        link.pc_etag = referral_now["eTag"].as_str().map(str::to_owned);
+        link.pc_hash = Some(hash(&Value::Object(projection.clone())));
+        link.pc_synced_at = Some(SystemTime::now());
+        snapshot.pc_projection = Some(self.update_projection(flow, &referral_now));
+        snapshot.referral = Some(referral_now);
+        link.snapshot = Some(snapshot.to_value());
+        self.save_link(&link).await?;
+        Ok(if written {
+            JobOutcome::Written
+        } else {
+            JobOutcome::Unchanged
+        })
+    }
+
+    fn owner(&self, flow: &FlowPlan, field: &str) -> Option<Owner> {
+        flow.fields()
+            .iter()
+            .find(|f| f.target == field || field.starts_with(&format!("{}.", f.target)))
+            .and_then(|f| f.owner)
+    }
+
+    /// Resolves a target record's lookups against the CRM (find, create, fail). `Ok(Err)`
+    /// is a lookup that failed by the mapping's rules (audit text).
+    async fn resolve_lookups(
+        &self,
+        flow: &FlowPlan,
+        referral: &Value,
+        target: &mut TargetRecord,
+    ) -> Result<Result<(), String>, JobError> {
+        if target.lookups.is_empty() {
+            return Ok(Ok(()));
+        }
+        let record = Arc::new(referral.clone());
+        let plan = &self.plan;
+        let input = Input {
+            record: &record,
+            parent: None,
+            operation: Operation::Create,
+        };
+        let create = |name: &str| plan.lookup_create_text(flow, name, &input);
+        let outcomes = if self.dry_run.is_some() {
+            // A dry run finds but never creates: a missing record shows as a create.
+            let mut out = BTreeMap::new();
+            for request in &target.lookups {
+                let found = self
+                    .crm
+                    .find(&request.entity, &request.id_field, &request.matches)
+                    .await?;
+                out.insert(
+                    request.name.clone(),
+                    match found {
+                        Some(id) => Outcome::Found { id },
+                        None => Outcome::Skipped,
+                    },
+                );
+            }
+            out
+        } else {
+            let mut cache = self.cache.lock().await;
+            resolve_live(plan, target, &self.crm, &create, &mut cache).await?
+        };
+        let failures: Vec<String> = outcomes
+            .values()
+            .filter_map(|o| match o {
+                Outcome::Failed { message } => Some(message.clone()),
+                _ => None,
+            })
+            .collect();
+        if !failures.is_empty() {
+            return Ok(Err(failures.join("; ")));
+        }
+        // Skipped lookups leave no value: drop their placeholders.
+        target.fields.retain(|_, v| placeholder_name(v).is_none());
+        Ok(Ok(()))
+    }
+
+    async fn write_children(
+        &self,
+        parent_flow: &FlowPlan,
+        referral: &Value,
+        parent_id: &str,
+        snapshot: &mut Snapshot,
+    ) -> Result<(), JobError> {
+        let parent_created = snapshot.children.contains_key("__new");
+        let parent_record = json!({
+            self.plan.id_field(&parent_flow.entity): parent_id,
+            "id": parent_id,
+        });
+        for name in &self.roles.pc_children {
+            let Some(flow) = self.plan.flow(name) else {
+                continue;
+            };
+            if flow.parent.as_deref() != Some(parent_flow.name.as_str()) {
+                continue;
+            }
+            let record = Arc::new(referral.clone());
+            let mapped = self.plan.evaluate(
+                flow,
+                &Input {
+                    record: &record,
+                    parent: Some(&parent_record),
+                    operation: Operation::Create,
+                },
+            );
+            if mapped.skipped {
+                continue;
+            }
+            if !mapped.violations.is_empty() {
+                self.audit(
+                    referral["id"].as_str(),
+                    Some(&flow.entity),
+                    None,
+                    &flow.name,
+                    "rejected",
+                    &violation_text(&mapped),
+                    json!({}),
+                )
+                .await?;
+                continue;
+            }
+            let digest = hash(&json!(
+                mapped.records.iter().map(|r| &r.fields).collect::<Vec<_>>()
+            ));
+            if snapshot.children.get(name) == Some(&digest) {
+                continue;
+            }
+            let id_field = self.plan.id_field(&flow.entity);
+            for child in &mapped.records {
+                let mut criteria = Map::new();
+                if let Some(key) = &flow.key
+                    && let Some(v) = child.fields.get(key)
+                {
+                    criteria.insert(key.clone(), v.clone());
+                }
+                for (field, value) in &child.fields {
+                    if let Some(column) = field.strip_suffix("@odata.bind") {
+                        if let Some(id) = value.as_str().and_then(bound_id) {
+                            criteria.insert(format!("_{column}_value"), json!(id));
+                        }
+                    } else if value.as_str() == Some(parent_id) {
+                        criteria.insert(field.clone(), value.clone());
+                    }
+                }
+                let exists = if parent_created || self.dry_run.is_some() && parent_id.is_empty() {
+                    false
+                } else {
+                    self.crm
+                        .find(&flow.entity, &id_field, &criteria)
+                        .await?
+                        .is_some()
+                };
+                if exists {
+                    continue;
+                }
+                if !self.plan_write(PlannedWrite {
+                    system: "crm",
+                    action: "create",
+                    entity: flow.entity.clone(),
+                    id: None,
+                    flow: flow.name.clone(),
+                    referral_id: referral["id"].as_str().map(str::to_owned),
+                    fields: child.fields.clone(),
+                }) {
+                    self.crm.create(&flow.entity, &child.fields).await?;
+                }
+            }
+            self.audit(
+                referral["id"].as_str(),
+                Some(&flow.entity),
+                Some(parent_id),
+                &flow.name,
+                "updated",
+                &format!("{} child record(s) in sync", mapped.records.len()),
+                json!({}),
+            )
+            .await?;
+            snapshot.children.insert(name.clone(), digest);
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Microsoft's side (related referrals) → CRM
+    // ---------------------------------------------------------------------------------
+
+    /// Microsoft's referral on one of our engagements changed (S7): fill the Microsoft CRM
+    /// ID and status on the CRM record of our referral.
+    pub async fn sync_related(&self, related: Value) -> Result<JobOutcome, JobError> {
+        let related_id = related["id"].as_str().unwrap_or_default().to_owned();
+        if self.store.link(&related_id).await?.is_some() {
+            // One of ours after all.
+            return self.sync_referral(related).await;
+        }
+        let Some(engagement) = related["engagementId"].as_str().filter(|e| !e.is_empty()) else {
+            return Ok(JobOutcome::Skipped);
+        };
+        let mut ours: Option<Link> = None;
+        for candidate in self.pc.related_referrals(engagement).await? {
+            let Some(id) = candidate.id() else { continue };
+            if id == related_id {
+                continue;
+            }
+            if let Some(link) = self.store.link(id).await?
+                && link.crm_id.is_some()
+            {
+                ours = Some(link);
+                break;
+            }
+        }
+        let Some(mut link) = ours else {
+            self.audit(
+                Some(&related_id),
+                None,
+                None,
+                "-",
+                "skipped",
+                &format!("no referral of engagement {engagement} is linked to a CRM record"),
+                json!({}),
+            )
+            .await?;
+            return Ok(JobOutcome::Skipped);
+        };
+        let crm_id = link.crm_id.clone().unwrap_or_default();
+        let mut snapshot = Snapshot::of(Some(&link));
+        let record = Arc::new(related.clone());
+        let mut written = false;
+        for name in &self.roles.related {
+            let Some(flow) = self.plan.flow(name) else {
+                continue;
+            };
+            if flow.entity != link.entity {
+                continue;
+            }
+            let mapped = self.plan.evaluate(
+                flow,
+                &Input {
+                    record: &record,
+                    parent: None,
+                    operation: Operation::Update,
+                },
+            );
+            if mapped.skipped {
+                continue;
+            }
+            if !mapped.violations.is_empty() {
+                self.audit(
+                    Some(&link.referral_id),
+                    Some(&flow.entity),
+                    Some(&crm_id),
+                    &flow.name,
+                    "rejected",
+                    &violation_text(&mapped),
+                    json!({}),
+                )
+                .await?;
+                return Ok(JobOutcome::Rejected);
+            }
+            let Some(target) = mapped.records.into_iter().next() else {
+                continue;
+            };
+            let previous = snapshot.related_projection.clone().unwrap_or_default();
+            let changed: Map<String, Value> = target
+                .fields
+                .iter()
+                .filter(|(k, v)| !same(previous.get(*k), Some(v)))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if changed.is_empty() {
+                continue;
+            }
+            if !self.plan_write(PlannedWrite {
+                system: "crm",
+                action: "update",
+                entity: flow.entity.clone(),
+                id: Some(crm_id.clone()),
+                flow: flow.name.clone(),
+                referral_id: Some(link.referral_id.clone()),
+                fields: changed.clone(),
+            }) {
+                self.crm
+                    .update(&flow.entity, &crm_id, &changed, None)
+                    .await?;
+            }
+            written = true;
+            self.audit(
+                Some(&link.referral_id),
+                Some(&flow.entity),
+                Some(&crm_id),
+                &flow.name,
+                "updated",
+                &format!(
+                    "Microsoft's referral {related_id}: updated {}",
+                    keys(&changed)
+                ),
+                json!({"fields": changed}),
+            )
+            .await?;
+            let mut merged = previous;
+            merged.extend(target.fields);
+            snapshot.related_projection = Some(merged);
+        }
+        if written {
+            link.snapshot = Some(snapshot.to_value());
+            self.save_link(&link).await?;
+            Ok(JobOutcome::Written)
+        } else {
+            Ok(JobOutcome::Unchanged)
+        }
+    }
+
+    // ---------------------------------------------------------------------------------
+    // CRM → Partner Center
+    // ---------------------------------------------------------------------------------
+
+    async fn describe(&self, entity: &str) -> Result<(Vec<String>, Vec<String>), JobError> {
+        let Crm::Salesforce(client) = &self.crm else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let mut cache = self.describe.lock().await;
+        if let Some(hit) = cache.get(entity) {
+            return Ok(hit.clone());
+        }
+        let path = client.data_path(&format!("/sobjects/{entity}/describe"));
+        let reply = client
+            .send(crate::connectors::http::Request::get("describe", path))
+            .await?;
+        let body: Value = reply.json()?;
+        let names = |key: &str, field: &str| -> Vec<String> {
+            body[key]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|f| f[field].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let result = (
+            names("fields", "name"),
+            names("childRelationships", "relationshipName"),
+        );
+        cache.insert(entity.to_owned(), result.clone());
+        Ok(result)
+    }
+
+    /// Reads a CRM record the way its CRM → PC flow needs it (expanded).
+    async fn read_source(
+        &self,
+        flow: &FlowPlan,
+        id: &str,
+    ) -> Result<Option<super::crm::Versioned>, JobError> {
+        let (fields, children) = self.describe(&flow.entity).await?;
+        let id_field = self.plan.id_field(&flow.entity);
+        let mut expand = flow.expand.clone();
+        // Read the children's ids too, so deletions can be routed back to this record.
+        for table in self.child_tables(flow) {
+            for (relationship, columns) in expand.iter_mut() {
+                if self.relationship_is_child(relationship, &children)
+                    && !columns.contains(&table.id_field)
+                {
+                    columns.push(table.id_field.clone());
+                }
+            }
+        }
+        Ok(self
+            .crm
+            .read_expanded(&flow.entity, &id_field, id, &fields, &expand, &children)
+            .await?)
+    }
+
+    fn relationship_is_child(&self, relationship: &str, children: &[String]) -> bool {
+        match self.plan.crm {
+            CrmKind::Salesforce => children.iter().any(|c| c == relationship),
+            // Dataverse collection-valued navigation properties are plural by convention.
+            CrmKind::Dynamics365 => relationship.ends_with('s') && !relationship.ends_with("id"),
+        }
+    }
+
+    /// Syncs one CRM record to Partner Center (S2–S5, S8–S11, S14).
+    pub async fn sync_crm_record(&self, entity: &str, id: &str) -> Result<JobOutcome, JobError> {
+        let Some(flow) = self
+            .roles
+            .crm_main
+            .iter()
+            .filter_map(|n| self.plan.flow(n))
+            .find(|f| f.entity == entity)
+        else {
+            return Err(JobError::Fail {
+                message: format!("no flow reads `{entity}` records"),
+            });
+        };
+        let Some(source) = self.read_source(flow, id).await? else {
+            return Ok(JobOutcome::Skipped);
+        };
+        let version = source
+            .fields
+            .get(self.crm.modified_field())
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or(source.version.clone());
+        let mut fields = source.fields;
+        normalize_children(&mut fields);
+        let record = Arc::new(Value::Object(fields.clone()));
+        let referral_id = fields
+            .get(&flow.referral_id_field)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        let mut link = match &referral_id {
+            Some(rid) => self.store.link(rid).await?,
+            None => None,
+        };
+        if link.is_none() {
+            link = self.store.link_by_crm(entity, id).await?;
+        }
+        let flag_on = flow
+            .sync_flag
+            .as_ref()
+            .is_none_or(|f| truthy(fields.get(f)));
+        if !flag_on && link.is_none() {
+            return Ok(JobOutcome::Skipped); // S10
+        }
+        if let Some(l) = &mut link {
+            l.crm_version = version.clone();
+        }
+        let operation = if link.is_some() || referral_id.is_some() {
+            Operation::Update
+        } else {
+            Operation::Create
+        };
+        let mapped = self.plan.evaluate(
+            flow,
+            &Input {
+                record: &record,
+                parent: None,
+                operation,
+            },
+        );
+        if mapped.skipped {
+            return Ok(JobOutcome::Skipped); // S11: on hold, or not for sync
+        }
+        if !mapped.violations.is_empty() {
+            // S9: nothing goes to Partner Center; the seller sees why on the record.
+            let message = violation_text(&mapped);
+            let rid = link
+                .as_ref()
+                .map(|l| l.referral_id.clone())
+                .or(referral_id.clone());
+            let marks = self
+                .plan
+                .on_failure(flow, &record, &mapped.violations)
+                .unwrap_or_default();
+            let wrote = self.write_back(flow, id, &fields, marks).await?;
+            if wrote {
+                self.audit(
+                    rid.as_deref(),
+                    Some(entity),
+                    Some(id),
+                    &flow.name,
+                    "rejected",
+                    &message,
+                    json!({"violations": mapped.violations}),
+                )
+                .await?;
+            }
+            return Ok(JobOutcome::Rejected);
+        }
+        let Some(target) = mapped.records.into_iter().next() else {
+            return Ok(JobOutcome::Skipped);
+        };
+        let projection = flatten_object(&self.crm_update_projection(flow, &record));
+        let digest = hash(&Value::Object(projection.clone()));
+        if let Some(l) = &link
+            && l.crm_hash.as_deref() == Some(digest.as_str())
+        {
+            return Ok(JobOutcome::Unchanged); // echo of our own write, or nothing mapped changed
+        }
+        let children: Vec<String> = child_ids(&fields);
+        match link {
+            None => {
+                self.create_referral(
+                    flow,
+                    id,
+                    &fields,
+                    &record,
+                    target,
+                    referral_id,
+                    projection,
+                    digest,
+                    children,
+                )
+                .await
+            }
+            Some(link) => {
+                self.update_referral(
+                    flow, id, &fields, &record, link, projection, digest, version, children,
+                )
+                .await
+            }
+        }
+    }
+
+    fn crm_update_projection(&self, flow: &FlowPlan, record: &Arc<Value>) -> Map<String, Value> {
+        let mapped = self.plan.evaluate(
+            flow,
+            &Input {
+                record,
+                parent: None,
+                operation: Operation::Update,
+            },
+        );
+        mapped
+            .records
+            .into_iter()
+            .next()
+            .map(|r| r.fields)
+            .unwrap_or_default()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_referral(
+        &self,
+        flow: &FlowPlan,
+        id: &str,
+        fields: &Map<String, Value>,
+        record: &Arc<Value>,
+        target: TargetRecord,
+        referral_id: Option<String>,
+        projection: Map<String, Value>,
+        digest: String,
+        children: Vec<String>,
+    ) -> Result<JobOutcome, JobError> {
+        let _ = referral_id;
+        // Never twice: a referral made by an attempt that crashed before the write-back
+        // carries this record's id in externalReferenceId.
+        let query = ReferralQuery {
+            filter: Some(ODataFilter::eq("externalReferenceId", id).into()),
+            ..ReferralQuery::default()
+        };
+        use futures_util::TryStreamExt as _;
+        let existing: Vec<Referral> = self.pc.list_referrals(query).try_collect().await?;
+        let mine = existing.iter().find(|r| !targets_microsoft(r)).cloned();
+        let microsoft = existing.iter().find(|r| targets_microsoft(r)).cloned();
+        let created = match mine {
+            Some(found) => serde_json::to_value(&found).unwrap_or(Value::Null),
+            None => {
+                let body = Value::Object(target.fields.clone());
+                if self.plan_write(PlannedWrite {
+                    system: "partner_center",
+                    action: "create",
+                    entity: "referrals".into(),
+                    id: None,
+                    flow: flow.name.clone(),
+                    referral_id: None,
+                    fields: target.fields.clone(),
+                }) {
+                    return Ok(JobOutcome::Written);
+                }
+                let referral: Referral =
+                    serde_json::from_value(body).map_err(|e| JobError::Fail {
+                        message: format!("the mapped referral is not a valid referral: {e}"),
+                    })?;
+                let created = self.pc.create_referral(&referral).await?;
+                serde_json::to_value(&created).unwrap_or(Value::Null)
+            }
+        };
+        let rid = created["id"].as_str().unwrap_or_default().to_owned();
+        let mut link = Link::new(rid.clone(), flow.entity.clone(), "syncing");
+        link.crm_id = Some(id.to_owned());
+        let mut snapshot = Snapshot {
+            referral: Some(created.clone()),
+            microsoft_referral: microsoft.as_ref().and_then(|m| m.id().map(str::to_owned)),
+            crm_children: children,
+            ..Snapshot::default()
+        };
+        link.snapshot = Some(snapshot.to_value());
+        self.save_link(&link).await?;
+        self.audit(
+            Some(&rid),
+            Some(&flow.entity),
+            Some(id),
+            &flow.name,
+            "created",
+            &format!("created referral {rid} in Partner Center"),
+            json!({"fields": target.fields}),
+        )
+        .await?;
+        self.ensure_secondary(flow, record, &created, &mut snapshot)
+            .await?;
+        self.finish_crm_sync(
+            flow, id, fields, record, &created, link, snapshot, projection, digest,
+        )
+        .await?;
+        Ok(JobOutcome::Written)
+    }
+
+    /// Microsoft's referral on the engagement (`opportunity_to_microsoft_referral`), once.
+    async fn ensure_secondary(
+        &self,
+        flow: &FlowPlan,
+        record: &Arc<Value>,
+        referral: &Value,
+        snapshot: &mut Snapshot,
+    ) -> Result<(), JobError> {
+        if snapshot.microsoft_referral.is_some() {
+            return Ok(());
+        }
+        for name in &self.roles.crm_secondary {
+            let Some(secondary) = self.plan.flow(name) else {
+                continue;
+            };
+            if secondary.parent.as_deref() != Some(flow.name.as_str()) {
+                continue;
+            }
+            let mapped = self.plan.evaluate(
+                secondary,
+                &Input {
+                    record,
+                    parent: Some(referral),
+                    operation: Operation::Create,
+                },
+            );
+            if mapped.skipped || !mapped.violations.is_empty() {
+                continue;
+            }
+            let Some(target) = mapped.records.into_iter().next() else {
+                continue;
+            };
+            let engagement = referral["engagementId"].as_str().unwrap_or_default();
+            // A crash between the two creates: look before making a second one.
+            let existing = self.pc.related_referrals(engagement).await?;
+            if let Some(found) = existing.iter().find(|r| targets_microsoft(r)) {
+                snapshot.microsoft_referral = found.id().map(str::to_owned);
+                continue;
+            }
+            if self.plan_write(PlannedWrite {
+                system: "partner_center",
+                action: "create",
+                entity: "referrals".into(),
+                id: None,
+                flow: secondary.name.clone(),
+                referral_id: None,
+                fields: target.fields.clone(),
+            }) {
+                continue;
+            }
+            let body: Referral = serde_json::from_value(Value::Object(target.fields.clone()))
+                .map_err(|e| JobError::Fail {
+                    message: format!("the mapped referral is not a valid referral: {e}"),
+                })?;
+            let made = self.pc.create_microsoft_referral(engagement, &body).await?;
+            snapshot.microsoft_referral = made.id().map(str::to_owned);
+            self.audit(
+                referral["id"].as_str(),
+                Some(&flow.entity),
+                None,
+                &secondary.name,
+                "created",
+                &format!(
+                    "created Microsoft's referral {} on engagement {engagement}",
+                    made.id().unwrap_or_default()
+                ),
+                json!({}),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn update_referral(
+        &self,
+        flow: &FlowPlan,
+        id: &str,
+        fields: &Map<String, Value>,
+        record: &Arc<Value>,
+        link: Link,
+        projection: Map<String, Value>,
+        digest: String,
+        version: Option<String>,
+        children: Vec<String>,
+    ) -> Result<JobOutcome, JobError> {
+        let rid = link.referral_id.clone();
+        let mut snapshot = Snapshot::of(Some(&link));
+        snapshot.crm_children = children;
+        let previous = snapshot.crm_projection.clone().unwrap_or_default();
+        let known = snapshot.referral.clone().unwrap_or(Value::Null);
+        let mut changed: Vec<String> = projection
+            .keys()
+            .filter(|k| !same(previous.get(*k), projection.get(*k)))
+            .filter(|k| !NOT_UPDATABLE.iter().any(|p| k.starts_with(p)))
+            .cloned()
+            .collect();
+        // Fields that only match what Partner Center already has need no write (echoes).
+        let needs_write = changed
+            .iter()
+            .any(|k| !same(get_path(&known, k).as_ref(), projection.get(k)));
+        if !needs_write {
+            self.finish_crm_sync(
+                flow, id, fields, record, &known, link, snapshot, projection, digest,
+            )
+            .await?;
+            return Ok(JobOutcome::Unchanged);
+        }
+        let current = match self.pc.get_referral(&rid).await {
+            Ok(r) => serde_json::to_value(&r).unwrap_or(Value::Null),
+            Err(ConnectorError::NotFound { .. }) => {
+                self.audit(
+                    Some(&rid),
+                    Some(&flow.entity),
+                    Some(id),
+                    &flow.name,
+                    "ignored",
+                    &format!("referral {rid} no longer exists in Partner Center"),
+                    json!({}),
+                )
+                .await?;
+                return Ok(JobOutcome::Skipped);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if current["status"] == "Closed" {
+            // Terminal: Won, Lost, Declined, Expired take no further updates.
+            let message = format!(
+                "referral {rid} is Closed/{}; Partner Center takes no further updates",
+                current["substatus"].as_str().unwrap_or_default()
+            );
+            let mut link = link;
+            link.state = "closed".into();
+            self.audit(
+                Some(&rid),
+                Some(&flow.entity),
+                Some(id),
+                &flow.name,
+                "skipped",
+                &message,
+                json!({}),
+            )
+            .await?;
+            self.finish_crm_sync(
+                flow, id, fields, record, &current, link, snapshot, projection, digest,
+            )
+            .await?;
+            return Ok(JobOutcome::Skipped);
+        }
+        let mut conflicts = Vec::new();
+        changed.retain(|path| {
+            let now_in_pc = get_path(&current, path);
+            let Some(before) = previous.get(path) else {
+                return true;
+            };
+            if same(now_in_pc.as_ref(), Some(before))
+                || same(now_in_pc.as_ref(), projection.get(path))
+            {
+                return true;
+            }
+            let owner = self.owner(flow, path).unwrap_or(Owner::Crm);
+            let crm_wins = match owner {
+                Owner::Crm => true,
+                Owner::PartnerCenter => false,
+                Owner::Newest => newer(
+                    fields
+                        .get(self.crm.modified_field())
+                        .and_then(Value::as_str),
+                    current["updatedDateTime"].as_str(),
+                ),
+            };
+            conflicts.push(json!({
+                "field": path,
+                "crm": projection.get(path),
+                "partner_center": now_in_pc,
+                "last_synced": before,
+                "owner": format!("{owner:?}").to_lowercase(),
+                "kept": if crm_wins { "crm" } else { "partner_center" },
+            }));
+            crm_wins
+        });
+        if !conflicts.is_empty() {
+            let names: Vec<String> = conflicts
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} ({} kept)",
+                        c["field"].as_str().unwrap_or(""),
+                        c["kept"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            self.audit(
+                Some(&rid),
+                Some(&flow.entity),
+                Some(id),
+                &flow.name,
+                "conflict",
+                &format!("changed on both sides: {}", names.join(", ")),
+                json!({"conflicts": conflicts}),
+            )
+            .await?;
+        }
+        let mut desired = current.clone();
+        for path in &changed {
+            if let Some(v) = projection.get(path) {
+                set_path(&mut desired, path, v.clone());
+            }
+        }
+        let ops = diff_to_patch(&current, &desired);
+        let mut now = current.clone();
+        if !ops.is_empty() {
+            let changes: Map<String, Value> = changed
+                .iter()
+                .filter_map(|p| projection.get(p).map(|v| (p.clone(), v.clone())))
+                .collect();
+            if !self.plan_write(PlannedWrite {
+                system: "partner_center",
+                action: "update",
+                entity: "referrals".into(),
+                id: Some(rid.clone()),
+                flow: flow.name.clone(),
+                referral_id: Some(rid.clone()),
+                fields: changes.clone(),
+            }) {
+                match self
+                    .pc
+                    .patch_referral_returning(&rid, &ops, current["eTag"].as_str())
+                    .await
+                {
+                    Ok(updated) => now = serde_json::to_value(&updated).unwrap_or(desired),
+                    Err(error @ ConnectorError::Status { status: 400, .. }) => {
+                        // Partner Center refused the change (a transition it does not allow,
+                        // a missing field): the seller has to act, retrying cannot help.
+                        let message = error.to_string();
+                        let marks = self
+                            .plan
+                            .on_failure(
+                                flow,
+                                record,
+                                &[crate::mapping::plan::Violation {
+                                    field: None,
+                                    message: message.clone(),
+                                }],
+                            )
+                            .unwrap_or_default();
+                        self.write_back(flow, id, fields, marks).await?;
+                        self.audit(
+                            Some(&rid),
+                            Some(&flow.entity),
+                            Some(id),
+                            &flow.name,
+                            "rejected",
+                            &message,
+                            json!({"changes": changes}),
+                        )
+                        .await?;
+                        return Ok(JobOutcome::Rejected);
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            self.audit(
+                Some(&rid),
+                Some(&flow.entity),
+                Some(id),
+                &flow.name,
+                "updated",
+                &format!("updated {} in Partner Center", keys(&changes)),
+                json!({"changes": changes}),
+            )
+            .await?;
+        }
+        let _ = version;
+        self.ensure_secondary(flow, record, &now, &mut snapshot)
+            .await?;
+        self.finish_crm_sync(
+            flow, id, fields, record, &now, link, snapshot, projection, digest,
+        )
+        .await?;
+        Ok(if ops.is_empty() {
+            JobOutcome::Unchanged
+        } else {
+            JobOutcome::Written
+        })
+    }
+
+    /// After a CRM → PC sync: the success write-back on the CRM record (referral id and
+    /// link, ✔, audit trail) and the link.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_crm_sync(
+        &self,
+        flow: &FlowPlan,
+        id: &str,
+        fields: &Map<String, Value>,
+        record: &Arc<Value>,
+        referral: &Value,
+        mut link: Link,
+        mut snapshot: Snapshot,
+        projection: Map<String, Value>,
+        digest: String,
+    ) -> Result<(), JobError> {
+        let marks = self
+            .plan
+            .on_success(flow, record, referral)
+            .unwrap_or_default();
+        self.write_back(flow, id, fields, marks).await?;
+        // What the PC → CRM flow makes of this referral is what the CRM now holds: its
+        // webhook coming back is an echo.
+        if let Some(pc_flow) = self
+            .roles
+            .pc_main
+            .iter()
+            .filter_map(|n| self.plan.flow(n))
+            .find(|f| f.entity == flow.entity)
+            && referral.is_object()
+        {
+            let pc_projection = self.update_projection(pc_flow, referral);
+            link.pc_hash = Some(hash(&Value::Object(pc_projection.clone())));
+            snapshot.pc_projection = Some(pc_projection);
+        }
+        if referral.is_object() {
+            snapshot.referral = Some(referral.clone());
+            link.pc_etag = referral["eTag"].as_str().map(str::to_owned);
+            if link.state != "closed" {
+                link.state = state_of(referral);
+            }
+        }
+        snapshot.crm_projection = Some(projection);
+        link.crm_hash = Some(digest);
+        link.crm_synced_at = Some(SystemTime::now());
+        link.snapshot = Some(snapshot.to_value());
+        self.save_link(&link).await?;
+        Ok(())
+    }
+
+    /// Writes `marks` (on_success / on_failure fields) to the CRM record where they differ
+    /// from what it holds. The audit field keeps a bounded, newest-first trail. Returns
+    /// whether anything was written.
+    async fn write_back(
+        &self,
+        flow: &FlowPlan,
+        id: &str,
+        current: &Map<String, Value>,
+        marks: Map<String, Value>,
+    ) -> Result<bool, JobError> {
+        let audit_field = audit_field(self.plan.crm);
+        let mut changes = Map::new();
+        for (field, value) in marks {
+            let now = current.get(&field);
+            if field == audit_field {
+                let entry = value.as_str().unwrap_or_default();
+                let trail = now.and_then(Value::as_str).unwrap_or_default();
+                if entry.is_empty() || latest_entry(trail) == entry {
+                    continue;
+                }
+                changes.insert(field, json!(prepend_entry(trail, entry)));
+            } else if !same(now, Some(&value)) {
+                changes.insert(field, value);
+            }
+        }
+        if changes.is_empty() {
+            return Ok(false);
+        }
+        if !self.plan_write(PlannedWrite {
+            system: "crm",
+            action: "update",
+            entity: flow.entity.clone(),
+            id: Some(id.to_owned()),
+            flow: flow.name.clone(),
+            referral_id: None,
+            fields: changes.clone(),
+        }) {
+            self.crm.update(&flow.entity, id, &changes, None).await?;
+        }
+        Ok(true)
+    }
+}
+
+/// A CRM table the change poll watches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolledEntity {
+    /// Table / object.
+    pub entity: String,
+    /// Its primary key column.
+    pub id_field: String,
+    /// The yes/no column that opts records in.
+    pub sync_flag: Option<String>,
+    /// The column holding the referral id.
+    pub referral_id_field: String,
+    /// Child tables whose changes count as changes of the parent record (solutions).
+    pub children: Vec<ChildTable>,
+}
+
+/// A child table of a polled table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildTable {
+    /// Table / object.
+    pub entity: String,
+    /// Its primary key column.
+    pub id_field: String,
+    /// The column holding the parent record's id (`_cosell_opportunityid_value`,
+    /// `Opportunity__c`).
+    pub parent_column: String,
+}
+
+/// The CRM column that holds the audit trail.
+///
+/// UNCERTAIN: the mapping language has no dedicated key for it; the connector's own column
+/// names (design §2) are used.
+fn audit_field(crm: CrmKind) -> &'static str {
+    match crm {
+        CrmKind::Dynamics365 => "cosell_audit",
+        CrmKind::Salesforce => "Partner_Center_Audit__c",
+    }
+}
+
+fn latest_entry(trail: &str) -> &str {
+    let first = trail.lines().next().unwrap_or_default();
+    // "2026-11-21T10:00:00Z message"
+    match first.split_once(' ') {
+        Some((stamp, rest)) if datetime::parse(stamp).is_some() => rest,
+        _ => first,
+    }
+}
+
+fn prepend_entry(trail: &str, entry: &str) -> String {
+    let stamp = datetime::DateTime::from_unix(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
+            .unwrap_or(0),
+        0,
+    )
+    .utc_string();
+    let mut out = format!("{stamp} {entry}");
+    for line in trail.lines() {
+        if out.chars().count() + line.chars().count() + 1 > AUDIT_TRAIL_CHARS {
+            break;
+        }
+        out.push('\n');
+        out.push_str(line);
+    }
+    out.chars().take(AUDIT_TRAIL_CHARS).collect()
+}
+
+fn targets_microsoft(referral: &Referral) -> bool {
+    let value = serde_json::to_value(referral).unwrap_or(Value::Null);
+    value["target"]
+        .as_array()
+        .is_some_and(|t| t.iter().any(|t| t["type"] == "BusinessProfileLocation"))
+}
+
+fn skip_reason(referral: &Value) -> String {
+    format!(
+        "no flow applies to this {} {} referral ({}/{}); see the flows' `when`",
+        referral["direction"].as_str().unwrap_or("?"),
+        referral["type"].as_str().unwrap_or("?"),
+        referral["status"].as_str().unwrap_or("?"),
+        referral["substatus"].as_str().unwrap_or("?"),
+    )
+}
+
+fn violation_text(mapped: &Mapped) -> String {
+    mapped
+        .violations
+        .iter()
+        .map(|v| v.message.clone())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn keys(fields: &Map<String, Value>) -> String {
+    fields.keys().cloned().collect::<Vec<_>>().join(", ")
+}
+
+fn needed_by_others(target: &TargetRecord, name: &str) -> bool {
+    // A lookup other lookups depend on (contact within account) stays.
+    target
+        .lookups
+        .iter()
+        .any(|l| l.name != name && l.create.values().any(|v| placeholder_name(v) == Some(name)))
+}
+
+fn state_of(referral: &Value) -> String {
+    match referral["status"].as_str() {
+        Some("New") => "on_hold",
+        Some("Closed") => "closed",
+        _ => "synced",
+    }
+    .to_owned()
+}
+
+fn snapshot_changed(link: &Link, referral: &Value) -> bool {
+    link.pc_etag.as_deref() != referral["eTag"].as_str() || link.snapshot.is_none()
+}
+
+fn object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+fn truthy(value: Option<&Value>) -> bool {
+    match value {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_f64().is_some_and(|n| n != 0.0),
+        Some(Value::String(s)) => matches!(s.to_ascii_lowercase().as_str(), "true" | "yes" | "1"),
+        _ => false,
+    }
+}
+
+/// Equal for sync purposes: numbers by value (50000 = 50000.0), absent = null.
+pub fn same(a: Option<&Value>, b: Option<&Value>) -> bool {
+    match (a.unwrap_or(&Value::Null), b.unwrap_or(&Value::Null)) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| same(Some(v), y.get(k)))
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(Some(a), Some(b)))
+        }
+        (x, y) => x == y,
+    }
+}
+
+/// Whether time `a` is later than `b` (missing times lose).
+fn newer(a: Option<&str>, b: Option<&str>) -> bool {
+    let parse = |s: Option<&str>| s.and_then(datetime::parse).map(|d| d.unix_seconds());
+    match (parse(a), parse(b)) {
+        (Some(a), Some(b)) => a >= b,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// A stable digest of a JSON value (keys are ordered: serde_json without
+/// `preserve_order`).
+pub fn hash(value: &Value) -> String {
+    let digest =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.to_string().as_bytes());
+    digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Nested objects as dotted leaf paths; arrays and scalars are leaves.
+pub fn flatten_object(map: &Map<String, Value>) -> Map<String, Value> {
+    fn walk(prefix: &str, value: &Value, out: &mut Map<String, Value>) {
+        match value {
+            Value::Object(m) if !m.is_empty() => {
+                for (k, v) in m {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&path, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_owned(), other.clone());
+            }
+        }
+    }
+    let mut out = Map::new();
+    for (k, v) in map {
+        walk(k, v, &mut out);
+    }
+    out
+}
+
+fn get_path(value: &Value, path: &str) -> Option<Value> {
+    let mut here = value;
+    for part in path.split('.') {
+        here = here.get(part)?;
+    }
+    Some(here.clone())
+}
+
+fn set_path(value: &mut Value, path: &str, new: Value) {
+    let mut here = value;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !here.is_object() {
+            *here = Value::Object(Map::new());
+        }
+        let Value::Object(map) = here else { return };
+        if i + 1 == parts.len() {
+            map.insert((*part).to_owned(), new);
+            return;
+        }
+        here = map
+            .entry((*part).to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+}
+
+/// `/accounts(<id>)` → `<id>`.
+fn bound_id(bind: &str) -> Option<&str> {
+    let start = bind.rfind('(')?;
+    bind[start + 1..].strip_suffix(')')
+}
+
+/// Salesforce answers an empty sub-query with `null`; the mapping reads `.records`.
+fn normalize_children(fields: &mut Map<String, Value>) {
+    for value in fields.values_mut() {
+        if let Value::Object(m) = value {
+            m.remove("attributes");
+            if let Some(Value::Array(records)) = m.get_mut("records") {
+                for r in records {
+                    if let Value::Object(r) = r {
+                        r.remove("attributes");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Ids of the child records read with a record (Dataverse collections, Salesforce
+/// sub-queries).
+fn child_ids(fields: &Map<String, Value>) -> Vec<String> {
+    let mut out = Vec::new();
+    for value in fields.values() {
+        let rows = match value {
+            Value::Array(rows) => rows,
+            Value::Object(m) => match m.get("records") {
+                Some(Value::Array(rows)) => rows,
+                _ => continue,
+            },
+            _ => continue,
+        };
+        for row in rows {
+            if let Value::Object(row) = row {
+                for (k, v) in row {
+                    if (k == "Id" || k.ends_with("id"))
+                        && !k.starts_with('_')
+                        && let Some(id) = v.as_str()
+                    {
+                        out.push(id.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[allow(dead_code)]
+fn on_create_only(flow: &FlowPlan, field: &str) -> bool {
+    flow.fields()
+        .iter()
+        .any(|f| f.target == field && f.on == WriteOn::Create)
+}
+
+impl Engine {
+    /// For a dry run: the referrals a reconcile would look at now (changed since its
+    /// cursor; all when it never ran).
+    pub async fn dry_referrals(&self) -> Result<Vec<Value>, JobError> {
+        use futures_util::TryStreamExt as _;
+        let since = self.store.cursor(super::runner::RECONCILE_CURSOR).await?;
+        let query = ReferralQuery {
+            filter: since.map(|s| ODataFilter::gt("updatedDateTime", s).into()),
+            orderby: Some("updatedDateTime".into()),
+            top: Some(100),
+        };
+        let referrals: Vec<Referral> = self.pc.list_referrals(query).try_collect().await?;
+        Ok(referrals
+            .iter()
+            .filter_map(|r| serde_json::to_value(r).ok())
+            .collect())
+    }
+
+    /// For a dry run: the CRM records a poll would look at now (flagged or linked, changed
+    /// since the poll cursor).
+    pub async fn dry_crm_records(&self) -> Result<Vec<(String, String)>, JobError> {
+        use futures_util::StreamExt as _;
+        let mut out = Vec::new();
+        for polled in self.polled_entities() {
+            let since = self
+                .store
+                .cursor(&format!("crm_poll:{}", polled.entity))
+                .await?
+                .unwrap_or_else(|| "2000-01-01T00:00:00Z".to_owned());
+            let mut fields: Vec<&str> =
+                vec![polled.id_field.as_str(), polled.referral_id_field.as_str()];
+            if let Some(flag) = &polled.sync_flag {
+                fields.push(flag);
+            }
+            let mut rows = self.crm.changed_since(&polled.entity, &fields, &since)?;
+            while let Some(row) = rows.next().await {
+                let row = row?;
+                let flagged = polled.sync_flag.as_ref().is_none_or(|f| truthy(row.get(f)));
+                let linked = row
+                    .get(&polled.referral_id_field)
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| !s.is_empty());
+                if let Some(id) = row.get(&polled.id_field).and_then(Value::as_str)
+                    && (flagged || linked)
+                {
+                    out.push((polled.entity.clone(), id.to_owned()));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
