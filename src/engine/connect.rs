@@ -176,7 +176,7 @@ pub async fn flag_sandbox_opportunities(crm: &Crm, count: usize) -> anyhow::Resu
                 client.create("Microsoft_Solution__c", &solution).await?;
                 let update = object(json!({
                     "Sync_With_Partner_Center__c": true,
-                    "Microsoft_Help__c": "General or other",
+                    "Microsoft_Help__c": "GeneralOrOther",
                     "StageName": "Prospecting",
                 }));
                 client.update("Opportunity", id, &update).await?;
