@@ -29,9 +29,12 @@ async fn world_with(mapping: &Path, crm: CrmKind) -> World {
     let sandbox = sandbox::start(SandboxOptions::default()).await.unwrap();
     let (pc, client) = connect::sandbox_clients(crm, sandbox.base_url(), None).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!("sqlite://{}", dir.path().join("state.db").display()))
-        .await
-        .unwrap();
+    let store = Store::open(&format!(
+        "sqlite://{}",
+        dir.path().join("state.db").display()
+    ))
+    .await
+    .unwrap();
     let engine = Arc::new(Engine::new(Arc::new(plan), pc, client, store));
     let runner = Runner::new(engine.clone(), RunOptions::default());
     World {
@@ -77,7 +80,9 @@ impl World {
             CrmKind::Salesforce => "salesforce",
         };
         (
-            stats["apis"]["partner_center"]["calls"].as_u64().unwrap_or(0),
+            stats["apis"]["partner_center"]["calls"]
+                .as_u64()
+                .unwrap_or(0),
             stats["apis"][crm]["calls"].as_u64().unwrap_or(0),
         )
     }
@@ -167,16 +172,31 @@ async fn incoming_referral_lifecycle(crm: CrmKind) {
     };
     assert_eq!(opp[stage_f], on_hold);
     let referral = w.referral(&rid).await;
-    assert_eq!(referral["externalReferenceId"], json!(opp_id), "PC knows the CRM id");
+    assert_eq!(
+        referral["externalReferenceId"],
+        json!(opp_id),
+        "PC knows the CRM id"
+    );
     let after = w.calls().await;
     let used = (after.0 - before.0) + (after.1 - before.1);
-    eprintln!("{crm:?}: new referral synced in {used} calls (PC {} CRM {})", after.0 - before.0, after.1 - before.1);
+    eprintln!(
+        "{crm:?}: new referral synced in {used} calls (PC {} CRM {})",
+        after.0 - before.0,
+        after.1 - before.1
+    );
 
     // Re-delivery of an unchanged referral: the reconcile sees our own write-back; no writes.
     let (pc_before, crm_before) = w.calls().await;
-    w.engine.sync_referral(w.referral(&rid).await).await.unwrap();
+    w.engine
+        .sync_referral(w.referral(&rid).await)
+        .await
+        .unwrap();
     let (pc_after, crm_after) = w.calls().await;
-    assert_eq!(crm_after - crm_before, 0, "an unchanged referral costs no CRM call");
+    assert_eq!(
+        crm_after - crm_before,
+        0,
+        "an unchanged referral costs no CRM call"
+    );
     assert_eq!(pc_after - pc_before, 1, "only the read of the test itself");
 
     // S2: the seller accepts by moving to the active stage → Active/Accepted in PC.
@@ -187,10 +207,14 @@ async fn incoming_referral_lifecycle(crm: CrmKind) {
     w.update_opportunity(&opp_id, active).await;
     w.sync().await;
     let referral = w.referral(&rid).await;
-    assert_eq!((referral["status"].as_str(), referral["substatus"].as_str()), (Some("Active"), Some("Accepted")));
+    assert_eq!(
+        (referral["status"].as_str(), referral["substatus"].as_str()),
+        (Some("Active"), Some("Accepted"))
+    );
 
     // S5: the seller edits the value → only that is patched.
-    w.update_opportunity(&opp_id, json!({ value_f: 64000 })).await;
+    w.update_opportunity(&opp_id, json!({ value_f: 64000 }))
+        .await;
     w.sync().await;
     let referral = w.referral(&rid).await;
     assert_eq!(referral["details"]["dealValue"].as_f64(), Some(64000.0));
@@ -211,11 +235,25 @@ async fn incoming_referral_lifecycle(crm: CrmKind) {
         CrmKind::Salesforce => &opp["Description"],
     };
     assert_eq!(notes, &json!("Customer wants a pilot first"));
-    assert_eq!(w.referral(&rid).await["eTag"], etag_before, "no echo written back to PC");
+    assert_eq!(
+        w.referral(&rid).await["eTag"],
+        etag_before,
+        "no echo written back to PC"
+    );
 
     let trail = w.audit(&rid).await;
-    assert!(trail.iter().any(|e| e.contains("referral_to_opportunity created")), "{trail:?}");
-    assert!(trail.iter().any(|e| e.contains("opportunity_to_referral updated")), "{trail:?}");
+    assert!(
+        trail
+            .iter()
+            .any(|e| e.contains("referral_to_opportunity created")),
+        "{trail:?}"
+    );
+    assert!(
+        trail
+            .iter()
+            .any(|e| e.contains("opportunity_to_referral updated")),
+        "{trail:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,8 +272,15 @@ async fn salesforce_incoming_referral_lifecycle() {
 async fn seller_opportunities(crm: CrmKind) {
     let w = world(crm).await;
     let (name_f, _, _, audit_f) = names(crm);
-    common::control(w.base(), "/_sandbox/seed", &json!({ "referrals": 0, "accounts": 4 })).await;
-    let flagged = connect::flag_sandbox_opportunities(w.engine.crm(), 2).await.unwrap();
+    common::control(
+        w.base(),
+        "/_sandbox/seed",
+        &json!({ "referrals": 0, "accounts": 4 }),
+    )
+    .await;
+    let flagged = connect::flag_sandbox_opportunities(w.engine.crm(), 2)
+        .await
+        .unwrap();
     assert_eq!(flagged, 2);
     w.sync().await;
 
@@ -253,19 +298,38 @@ async fn seller_opportunities(crm: CrmKind) {
     let mut rows = w
         .engine
         .crm()
-        .changed_since(entity, &[id_field, key, name_f, audit_f, polled.sync_flag.as_deref().unwrap()], "2000-01-01T00:00:00Z")
+        .changed_since(
+            entity,
+            &[
+                id_field,
+                key,
+                name_f,
+                audit_f,
+                polled.sync_flag.as_deref().unwrap(),
+            ],
+            "2000-01-01T00:00:00Z",
+        )
         .unwrap();
     use futures_util::StreamExt as _;
     while let Some(row) = rows.next().await {
         let row = row.unwrap();
-        match row.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()) {
+        match row
+            .get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
             Some(rid) => {
                 synced += 1;
                 assert!(row[name_f].as_str().unwrap().ends_with(" ✔"), "{row:?}");
                 let referral = w.referral(rid).await;
                 assert_eq!(referral["type"], json!("Shared"));
                 let engagement = referral["engagementId"].as_str().unwrap();
-                let related = w.engine.partner_center().related_referrals(engagement).await.unwrap();
+                let related = w
+                    .engine
+                    .partner_center()
+                    .related_referrals(engagement)
+                    .await
+                    .unwrap();
                 assert_eq!(related.len(), 2, "the partner's and Microsoft's referral");
             }
             None => {
@@ -295,22 +359,39 @@ async fn editing_only_yaml_changes_the_sync() {
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string("mappings/dynamics365.yaml").unwrap();
     let edited = text
-        .replace("deal_value_field: estimatedvalue", "deal_value_field: budgetamount")
-        .replace("on_hold_stage: 2                   # status reason \"On Hold\"", "on_hold_stage: 1")
-        .replace("active_stage: 1                    # status reason \"In Progress\"", "active_stage: 2");
+        .replace(
+            "deal_value_field: estimatedvalue",
+            "deal_value_field: budgetamount",
+        )
+        .replace(
+            "on_hold_stage: 2                   # status reason \"On Hold\"",
+            "on_hold_stage: 1",
+        )
+        .replace(
+            "active_stage: 1                    # status reason \"In Progress\"",
+            "active_stage: 2",
+        );
     assert_ne!(text, edited);
     let copy = dir.path().join("dynamics365.yaml");
     std::fs::write(&copy, &edited).unwrap();
     std::fs::create_dir_all(dir.path().join("examples")).unwrap();
     for entry in std::fs::read_dir("mappings/examples").unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.path().join("examples").join(entry.file_name())).unwrap();
+        std::fs::copy(
+            entry.path(),
+            dir.path().join("examples").join(entry.file_name()),
+        )
+        .unwrap();
     }
     let w = world_with(&copy, CrmKind::Dynamics365).await;
     let rid = w.incoming("Edited mapping").await;
     w.sync().await;
     let (_, opp) = w.opportunity_of(&rid).await;
-    assert_eq!(opp["budgetamount"].as_f64(), Some(50000.0), "the deal value went to the new field");
+    assert_eq!(
+        opp["budgetamount"].as_f64(),
+        Some(50000.0),
+        "the deal value went to the new field"
+    );
     assert_eq!(opp["estimatedvalue"], Value::Null);
     assert_eq!(opp["statuscode"], json!(1), "the renamed on-hold stage");
 }
