@@ -371,7 +371,6 @@ pub fn plan(args: &PlanArgs) -> ExitCode {
 async fn plan_async(args: &PlanArgs, config: Config, plan: Plan) -> anyhow::Result<ExitCode> {
     let setup = setup(&args.target, config, plan, true).await?;
     let engine = Arc::new(setup.engine);
-    let runner = Runner::new(engine.clone(), RunOptions::default());
     // A dry run reads what a run would read, from the same cursors, and decides the same
     // way; the store is only read.
     let referrals = engine.dry_referrals().await?;
@@ -381,7 +380,6 @@ async fn plan_async(args: &PlanArgs, config: Config, plan: Plan) -> anyhow::Resu
     for (entity, id) in engine.dry_crm_records().await? {
         let _ = engine.sync_crm_record(&entity, &id).await;
     }
-    drop(runner);
     let planned = engine.planned();
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&planned)?),

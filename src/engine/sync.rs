@@ -23,7 +23,7 @@ use tokio::sync::Mutex;
 
 use super::crm::{Crm, is_guid};
 use super::lookups::{LookupCache, resolve_live};
-use crate::config::model::{CrmKind, Operation, Owner, RecordKind, WriteOn};
+use crate::config::model::{CrmKind, Operation, Owner, RecordKind};
 use crate::connectors::ConnectorError;
 use crate::connectors::partner_center::{
     ODataFilter, PartnerCenterClient, Referral, ReferralQuery, diff_to_patch,
@@ -351,14 +351,14 @@ impl Engine {
                 id_field: self.plan.id_field(&flow.entity),
                 sync_flag: flow.sync_flag.clone(),
                 referral_id_field: flow.referral_id_field.clone(),
-                children: self.child_tables(flow),
+                children: self.child_tables(),
             });
         }
         out
     }
 
     /// Child tables of a CRM → PC flow's `expand` (solutions), as (table, parent column).
-    fn child_tables(&self, flow: &FlowPlan) -> Vec<ChildTable> {
+    fn child_tables(&self) -> Vec<ChildTable> {
         let mut out = Vec::new();
         for name in &self.roles.pc_children {
             let Some(child) = self.plan.flow(name) else {
@@ -388,7 +388,6 @@ impl Engine {
                 }
             }
         }
-        let _ = flow;
         out
     }
 
@@ -1341,7 +1340,7 @@ impl Engine {
         let id_field = self.plan.id_field(&flow.entity);
         let mut expand = flow.expand.clone();
         // Read the children's ids too, so deletions can be routed back to this record.
-        for table in self.child_tables(flow) {
+        for table in self.child_tables() {
             for (relationship, columns) in expand.iter_mut() {
                 if self.relationship_is_child(relationship, &children)
                     && !columns.contains(&table.id_field)
@@ -1467,21 +1466,13 @@ impl Engine {
         match link {
             None => {
                 self.create_referral(
-                    flow,
-                    id,
-                    &fields,
-                    &record,
-                    target,
-                    referral_id,
-                    projection,
-                    digest,
-                    children,
+                    flow, id, &fields, &record, target, projection, digest, children,
                 )
                 .await
             }
             Some(link) => {
                 self.update_referral(
-                    flow, id, &fields, &record, link, projection, digest, version, children,
+                    flow, id, &fields, &record, link, projection, digest, children,
                 )
                 .await
             }
@@ -1513,12 +1504,10 @@ impl Engine {
         fields: &Map<String, Value>,
         record: &Arc<Value>,
         target: TargetRecord,
-        referral_id: Option<String>,
         projection: Map<String, Value>,
         digest: String,
         children: Vec<String>,
     ) -> Result<JobOutcome, JobError> {
-        let _ = referral_id;
         // Never twice: a referral made by an attempt that crashed before the write-back
         // carries this record's id in externalReferenceId.
         let query = ReferralQuery {
@@ -1665,7 +1654,6 @@ impl Engine {
         link: Link,
         projection: Map<String, Value>,
         digest: String,
-        version: Option<String>,
         children: Vec<String>,
     ) -> Result<JobOutcome, JobError> {
         let rid = link.referral_id.clone();
@@ -1855,7 +1843,6 @@ impl Engine {
             )
             .await?;
         }
-        let _ = version;
         self.ensure_secondary(flow, record, &now, &mut snapshot)
             .await?;
         self.finish_crm_sync(
@@ -2231,13 +2218,6 @@ fn child_ids(fields: &Map<String, Value>) -> Vec<String> {
         }
     }
     out
-}
-
-#[allow(dead_code)]
-fn on_create_only(flow: &FlowPlan, field: &str) -> bool {
-    flow.fields()
-        .iter()
-        .any(|f| f.target == field && f.on == WriteOn::Create)
 }
 
 impl Engine {
