@@ -1,150 +1,14 @@
 //! The sync engine end to end against the sandbox, for both CRMs, over real HTTP with a real
 //! SQLite state file: what lands in the emulated systems and how many calls it took.
 
-use std::path::Path;
-use std::sync::Arc;
-
 use cosell::config::model::CrmKind;
 use cosell::engine::connect;
-use cosell::engine::runner::{RunOptions, Runner};
-use cosell::engine::sync::Engine;
-use cosell::sandbox::{self, SandboxHandle, SandboxOptions};
-use cosell::store::Store;
 use serde_json::{Value, json};
 
 mod common;
-
-struct World {
-    sandbox: SandboxHandle,
-    runner: Runner,
-    engine: Arc<Engine>,
-    crm: CrmKind,
-    _dir: tempfile::TempDir,
-}
-
-async fn world_with(mapping: &Path, crm: CrmKind) -> World {
-    let checked = cosell::load::check_file(mapping, &[]).expect("mapping readable");
-    assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
-    let plan = checked.plan.expect("plan");
-    let sandbox = sandbox::start(SandboxOptions::default()).await.unwrap();
-    let (pc, client) = connect::sandbox_clients(crm, sandbox.base_url(), None).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!(
-        "sqlite://{}",
-        dir.path().join("state.db").display()
-    ))
-    .await
-    .unwrap();
-    let engine = Arc::new(Engine::new(Arc::new(plan), pc, client, store));
-    let runner = Runner::new(engine.clone(), RunOptions::default());
-    World {
-        sandbox,
-        runner,
-        engine,
-        crm,
-        _dir: dir,
-    }
-}
-
-async fn world(crm: CrmKind) -> World {
-    let file = match crm {
-        CrmKind::Dynamics365 => "mappings/dynamics365.yaml",
-        CrmKind::Salesforce => "mappings/salesforce.yaml",
-    };
-    world_with(Path::new(file), crm).await
-}
-
-impl World {
-    fn base(&self) -> &str {
-        self.sandbox.base_url()
-    }
-
-    async fn sync(&self) {
-        let drained = self.runner.run_once().await.expect("sync");
-        assert_eq!(drained.dead, 0, "nothing dead-lettered");
-    }
-
-    async fn stats(&self) -> Value {
-        reqwest::get(format!("{}/_sandbox/stats", self.base()))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn calls(&self) -> (u64, u64) {
-        let stats = self.stats().await;
-        let crm = match self.crm {
-            CrmKind::Dynamics365 => "dataverse",
-            CrmKind::Salesforce => "salesforce",
-        };
-        (
-            stats["apis"]["partner_center"]["calls"]
-                .as_u64()
-                .unwrap_or(0),
-            stats["apis"][crm]["calls"].as_u64().unwrap_or(0),
-        )
-    }
-
-    async fn incoming(&self, name: &str) -> String {
-        let (status, body) = common::control(
-            self.base(),
-            "/_sandbox/partner-center/referrals/incoming",
-            &common::cosell_referral(name),
-        )
-        .await;
-        assert!(status.is_success(), "{status} {body}");
-        body["id"].as_str().unwrap().to_owned()
-    }
-
-    async fn referral(&self, id: &str) -> Value {
-        serde_json::to_value(self.engine.partner_center().get_referral(id).await.unwrap()).unwrap()
-    }
-
-    fn opportunity_entity(&self) -> (&'static str, &'static str, &'static str) {
-        match self.crm {
-            CrmKind::Dynamics365 => ("opportunities", "opportunityid", "cosell_referralid"),
-            CrmKind::Salesforce => ("Opportunity", "Id", "Referral_Id__c"),
-        }
-    }
-
-    /// The CRM record of a referral, all fields.
-    async fn opportunity_of(&self, referral_id: &str) -> (String, serde_json::Map<String, Value>) {
-        let (entity, id_field, key) = self.opportunity_entity();
-        let crm = self.engine.crm();
-        let criteria = json!({ key: referral_id });
-        let id = crm
-            .find(entity, id_field, criteria.as_object().unwrap())
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("no {entity} for referral {referral_id}"));
-        let record = crm.get(entity, &id, &[]).await.unwrap().unwrap();
-        (id, record.fields)
-    }
-
-    async fn update_opportunity(&self, id: &str, fields: Value) {
-        let (entity, _, _) = self.opportunity_entity();
-        // Whole-second change stamps: step past the last sync's second.
-        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-        self.engine
-            .crm()
-            .update(entity, id, fields.as_object().unwrap(), None)
-            .await
-            .unwrap();
-    }
-
-    async fn audit(&self, referral_id: &str) -> Vec<String> {
-        self.engine
-            .store()
-            .audit_trail(referral_id, 100)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| format!("{} {}: {}", e.flow, e.outcome, e.message))
-            .collect()
-    }
-}
+#[path = "common/world.rs"]
+mod world;
+use world::{world, world_with};
 
 fn names(crm: CrmKind) -> (&'static str, &'static str, &'static str, &'static str) {
     // name, value, stage, audit
@@ -286,7 +150,8 @@ async fn seller_opportunities(crm: CrmKind) {
 
     // S8: the flagged opportunities now carry a referral id; the referral is Shared and has
     // Microsoft's referral on its engagement.
-    let (entity, id_field, key) = w.opportunity_entity();
+    let n = w.names();
+    let (entity, id_field, key) = (n.opportunity, n.opportunity_id, n.referral_key);
     let polled = w
         .engine
         .polled_entities()

@@ -354,6 +354,14 @@ impl Crm {
         }
     }
 
+    /// Deletes a record; one that is already gone counts as deleted.
+    pub async fn delete(&self, entity: &str, id: &str) -> Result<(), ConnectorError> {
+        match self {
+            Crm::Dataverse(client) => client.delete(entity, id, None).await.map(drop),
+            Crm::Salesforce(client) => client.delete(entity, id).await,
+        }
+    }
+
     /// Creates a record of `entity` and returns its id.
     pub async fn create(
         &self,

@@ -279,12 +279,18 @@ impl Runner {
                         parents.push(parent_id);
                     }
                 }
+                // Unlinked parents too: a seller fixing a rejected opportunity (S9) by adding
+                // the missing solution changes only the child. The job reads the parent and
+                // skips it when it is not flagged for sync.
                 for parent in parents {
-                    if let Some(link) = store.link_by_crm(&polled.entity, &parent).await? {
-                        enqueued += self
-                            .enqueue_crm(&polled.entity, &parent, Some(&link.referral_id))
-                            .await?;
-                    }
+                    let link = store.link_by_crm(&polled.entity, &parent).await?;
+                    enqueued += self
+                        .enqueue_crm(
+                            &polled.entity,
+                            &parent,
+                            link.as_ref().map(|l| l.referral_id.as_str()),
+                        )
+                        .await?;
                 }
                 if child_newest != child_since {
                     store.set_cursor(&child_cursor, &child_newest).await?;

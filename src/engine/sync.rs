@@ -566,11 +566,17 @@ impl Engine {
                 }
             }
             let exists = plausible_crm_id(self.plan.crm, external)
-                && self
+                && match self
                     .crm
                     .get(&flow.entity, external, &[&flow.referral_id_field])
-                    .await?
-                    .is_some();
+                    .await
+                {
+                    Ok(found) => found.is_some(),
+                    // Salesforce answers an id with a wrong checksum suffix (or a deleted
+                    // record) with NOT_FOUND: no such record either way.
+                    Err(ConnectorError::NotFound { .. }) => false,
+                    Err(error) => return Err(error.into()),
+                };
             if !exists {
                 // Troubleshooting guide: a CRM ID that matches no CRM record → ignored.
                 self.audit(

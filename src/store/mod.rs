@@ -1291,14 +1291,16 @@ impl Store {
         Ok(())
     }
 
-    /// The newest `limit` audit entries of `referral_id`, newest first.
+    /// The newest `limit` audit entries of a referral, newest first. `referral_id` may also
+    /// be a CRM record id: a seller's opportunity that never became a referral (a rule
+    /// violation) has its history under the record's id.
     pub async fn audit_trail(
         &self,
         referral_id: &str,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError> {
         let text = sql(format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE referral_id = $1 \
+            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE referral_id = $1 OR crm_id = $1 \
              ORDER BY id DESC LIMIT $2"
         ));
         with_pool!(self, |pool| {
