@@ -438,3 +438,241 @@ pub fn is_guid(text: &str) -> bool {
             .zip([8, 4, 4, 4, 12])
             .all(|(part, len)| part.len() == len && part.bytes().all(|b| b.is_ascii_hexdigit()))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Several lookups in one round trip; several writes as one unit
+// ---------------------------------------------------------------------------------------------
+
+/// One search of [`Crm::find_all`]: the id of the first record of `entity` whose columns
+/// equal `criteria` (as [`Crm::find`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Find {
+    /// Table / object.
+    pub entity: String,
+    /// Its primary key column.
+    pub id_field: String,
+    /// Column → value; all must match.
+    pub criteria: Map<String, Value>,
+}
+
+/// One write of a [`WriteSet`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// A new record.
+    Create {
+        /// Table / object.
+        entity: String,
+        /// Its fields.
+        fields: Map<String, Value>,
+    },
+    /// Create or update the record whose key column holds `key` (see [`Crm::upsert_by_key`]).
+    Upsert {
+        /// Table / object.
+        entity: String,
+        /// Its primary key column (the id is returned).
+        id_field: String,
+        /// The alternate key / External ID column.
+        key_field: String,
+        /// Its value.
+        key: String,
+        /// The fields to write.
+        fields: Map<String, Value>,
+    },
+}
+
+impl Write {
+    fn fields_mut(&mut self) -> &mut Map<String, Value> {
+        match self {
+            Write::Create { fields, .. } | Write::Upsert { fields, .. } => fields,
+        }
+    }
+}
+
+/// Writes that belong together — a referral's new account and contact, its opportunity,
+/// the opportunity's solutions — sent as one unit. A field value may name the id of an
+/// earlier write of the same set through [`WriteSet::reference`] (inside any text, e.g. a
+/// Dataverse bind `/accounts(…)`), since that id does not exist before the set runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WriteSet {
+    writes: Vec<Write>,
+}
+
+/// The outcome of one write of a [`WriteSet`], in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The record's id.
+    pub id: String,
+    /// Created rather than updated.
+    pub created: bool,
+}
+
+/// Marks a reference in a field value: `\u{1}cosell-write-N\u{1}`. Control characters
+/// cannot come from a referral's text through the mapping (they are not valid in CRM
+/// text fields the mapping writes), so the marker is unambiguous.
+const REFERENCE_MARK: char = '\u{1}';
+
+impl WriteSet {
+    /// Adds a write; its index, for [`WriteSet::reference`].
+    pub fn push(&mut self, write: Write) -> usize {
+        self.writes.push(write);
+        self.writes.len() - 1
+    }
+
+    /// The text standing for the id of write `index` until the set runs.
+    pub fn reference(index: usize) -> String {
+        format!("{REFERENCE_MARK}cosell-write-{index}{REFERENCE_MARK}")
+    }
+
+    /// Whether no write was added.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// The writes, in order.
+    pub fn writes(&self) -> &[Write] {
+        &self.writes
+    }
+
+    /// Replaces every reference in `value` with `resolve(index)`.
+    fn replace_references(value: &mut Value, resolve: &dyn Fn(usize) -> Option<String>) {
+        match value {
+            Value::String(text) if text.contains(REFERENCE_MARK) => {
+                let mut out = String::with_capacity(text.len());
+                let mut rest = text.as_str();
+                while let Some(start) = rest.find(REFERENCE_MARK) {
+                    out.push_str(&rest[..start]);
+                    let after = &rest[start + REFERENCE_MARK.len_utf8()..];
+                    let Some(end) = after.find(REFERENCE_MARK) else {
+                        out.push_str(&rest[start..]);
+                        rest = "";
+                        break;
+                    };
+                    let token = &after[..end];
+                    match token
+                        .strip_prefix("cosell-write-")
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .and_then(resolve)
+                    {
+                        Some(id) => out.push_str(&id),
+                        None => {
+                            out.push_str(&rest[start..start + end + 2 * REFERENCE_MARK.len_utf8()])
+                        }
+                    }
+                    rest = &after[end + REFERENCE_MARK.len_utf8()..];
+                }
+                out.push_str(rest);
+                *text = out;
+            }
+            Value::Array(items) => {
+                for item in items {
+                    Self::replace_references(item, resolve);
+                }
+            }
+            Value::Object(map) => {
+                for item in map.values_mut() {
+                    Self::replace_references(item, resolve);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Crm {
+    /// Several [`Crm::find`]s; the ids in the same order.
+    pub async fn find_all(&self, finds: &[Find]) -> Result<Vec<Option<String>>, ConnectorError> {
+        let mut out = Vec::with_capacity(finds.len());
+        for find in finds {
+            out.push(
+                self.find(&find.entity, &find.id_field, &find.criteria)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Runs the writes of `set` in order, references resolved; their outcomes in order.
+    pub async fn apply(&self, set: &WriteSet) -> Result<Vec<Applied>, ConnectorError> {
+        let mut applied: Vec<Applied> = Vec::with_capacity(set.writes.len());
+        for write in &set.writes {
+            let mut write = write.clone();
+            for value in write.fields_mut().values_mut() {
+                WriteSet::replace_references(value, &|i| applied.get(i).map(|a| a.id.clone()));
+            }
+            let outcome = match write {
+                Write::Create { entity, fields } => Applied {
+                    id: self.create(&entity, &fields).await?,
+                    created: true,
+                },
+                Write::Upsert {
+                    entity,
+                    id_field,
+                    key_field,
+                    key,
+                    fields,
+                } => {
+                    let upserted = self
+                        .upsert_by_key_returning(&entity, &id_field, &key_field, &key, &fields)
+                        .await?;
+                    let id = match upserted.id {
+                        Some(id) => id,
+                        None => {
+                            let mut criteria = Map::new();
+                            criteria.insert(key_field.clone(), Value::String(key.clone()));
+                            self.find(&entity, &id_field, &criteria).await?.ok_or_else(|| {
+                                ConnectorError::Decode {
+                                    api: self.api(),
+                                    operation: "upsert",
+                                    message: format!(
+                                        "the upserted {entity} with {key_field} = {key} cannot be found"
+                                    ),
+                                }
+                            })?
+                        }
+                    };
+                    Applied {
+                        id,
+                        created: upserted.created.unwrap_or(true),
+                    }
+                }
+            };
+            applied.push(outcome);
+        }
+        Ok(applied)
+    }
+
+    fn api(&self) -> &'static str {
+        match self {
+            Crm::Dataverse(_) => "dataverse",
+            Crm::Salesforce(_) => "salesforce",
+        }
+    }
+}
+
+#[cfg(test)]
+mod write_set_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn references_are_replaced_inside_text() {
+        let mut value = json!({
+            "bind": format!("/accounts({})", WriteSet::reference(0)),
+            "plain": WriteSet::reference(1),
+            "list": [WriteSet::reference(0)],
+            "untouched": "no marks",
+            "unknown": WriteSet::reference(7),
+        });
+        let ids = ["A-1".to_owned(), "B-2".to_owned()];
+        WriteSet::replace_references(&mut value, &|i| ids.get(i).cloned());
+        assert_eq!(value["bind"], json!("/accounts(A-1)"));
+        assert_eq!(value["plain"], json!("B-2"));
+        assert_eq!(value["list"][0], json!("A-1"));
+        assert_eq!(value["untouched"], json!("no marks"));
+        assert_eq!(
+            value["unknown"],
+            json!(WriteSet::reference(7)),
+            "left as is"
+        );
+    }
+}

@@ -21,8 +21,8 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 
-use super::crm::{Crm, is_guid};
-use super::lookups::{LookupCache, resolve_live};
+use super::crm::{Crm, Find, Write, WriteSet, is_guid};
+use super::lookups::{LookupCache, resolve_batched, resolve_live};
 use crate::config::model::{CrmKind, Operation, Owner, RecordKind};
 use crate::connectors::ConnectorError;
 use crate::connectors::partner_center::{
@@ -865,6 +865,52 @@ impl Engine {
                 }
                 crm_id
             }
+            _ if self.dry_run.is_none() => {
+                // Create (or repair a half-finished create: the upsert by referral id finds
+                // the record a crashed attempt made). Two CRM round trips: every lookup plus
+                // "does the record exist already" in one, then the new customer records,
+                // the record and its children as one set.
+                let (crm_id, created) = match self
+                    .create_in_crm(flow, referral, rid, &id_field, &mut target, &mut snapshot)
+                    .await?
+                {
+                    Ok(done) => done,
+                    Err(message) => {
+                        self.audit(
+                            Some(rid),
+                            Some(&flow.entity),
+                            None,
+                            &flow.name,
+                            "rejected",
+                            &message,
+                            json!({}),
+                        )
+                        .await?;
+                        return Ok(JobOutcome::Rejected);
+                    }
+                };
+                written = true;
+                link.crm_id = Some(crm_id.clone());
+                link.entity = flow.entity.clone();
+                // The link first: a crash after this point resumes as an update.
+                link.state = "syncing".into();
+                self.save_link(&link).await?;
+                self.audit(
+                    Some(rid),
+                    Some(&flow.entity),
+                    Some(&crm_id),
+                    &flow.name,
+                    if created { "created" } else { "updated" },
+                    &format!(
+                        "{} {} {crm_id} in the CRM",
+                        if created { "created" } else { "updated" },
+                        flow.entity
+                    ),
+                    json!({"fields": target.fields}),
+                )
+                .await?;
+                crm_id
+            }
             _ => {
                 // Create (or repair a half-finished create: the upsert by referral id finds
                 // the record a crashed attempt made).
@@ -1065,6 +1111,128 @@ impl Engine {
         // Skipped lookups leave no value: drop their placeholders.
         target.fields.retain(|_, v| placeholder_name(v).is_none());
         Ok(Ok(()))
+    }
+
+    /// Writes a new CRM record for a referral: its lookups (and whether a crashed attempt
+    /// already made the record) in one round trip, then the customer records to create, the
+    /// record and — for a record that did not exist — its child records as one
+    /// [`WriteSet`]. `Ok(Err)` is a lookup that failed by the mapping's rules (audit text).
+    async fn create_in_crm(
+        &self,
+        flow: &FlowPlan,
+        referral: &Value,
+        rid: &str,
+        id_field: &str,
+        target: &mut TargetRecord,
+        snapshot: &mut Snapshot,
+    ) -> Result<Result<(String, bool), String>, JobError> {
+        let record = Arc::new(referral.clone());
+        let plan = &self.plan;
+        let input = Input {
+            record: &record,
+            parent: None,
+            operation: Operation::Create,
+        };
+        let create = |name: &str| plan.lookup_create_text(flow, name, &input);
+        let existing = Find {
+            entity: flow.entity.clone(),
+            id_field: id_field.to_owned(),
+            criteria: object(json!({ flow.referral_id_field.clone(): rid })),
+        };
+        let mut set = WriteSet::default();
+        let (outcomes, found) = {
+            let mut cache = self.cache.lock().await;
+            resolve_batched(
+                plan,
+                target,
+                &self.crm,
+                &create,
+                &mut cache,
+                &mut set,
+                std::slice::from_ref(&existing),
+            )
+            .await?
+        };
+        let failures: Vec<String> = outcomes
+            .values()
+            .filter_map(|o| match o {
+                Outcome::Failed { message } => Some(message.clone()),
+                _ => None,
+            })
+            .collect();
+        if !failures.is_empty() {
+            return Ok(Err(failures.join("; ")));
+        }
+        // Skipped lookups leave no value: drop their placeholders.
+        target.fields.retain(|_, v| placeholder_name(v).is_none());
+        let mut fields = target.fields.clone();
+        fields.remove(&flow.referral_id_field);
+        let main = set.push(Write::Upsert {
+            entity: flow.entity.clone(),
+            id_field: id_field.to_owned(),
+            key_field: flow.referral_id_field.clone(),
+            key: rid.to_owned(),
+            fields,
+        });
+        snapshot.children.clear();
+        // Children of a record that is new are new too: they join the set. A record a
+        // crashed attempt made may have some already; `write_children` looks before writing.
+        let mut children: Vec<(String, String, usize)> = Vec::new();
+        if found.first().is_none_or(Option::is_none) {
+            let reference = WriteSet::reference(main);
+            let parent_record = json!({ id_field: reference, "id": reference });
+            for name in &self.roles.pc_children {
+                let Some(child_flow) = self.plan.flow(name) else {
+                    continue;
+                };
+                if child_flow.parent.as_deref() != Some(flow.name.as_str()) {
+                    continue;
+                }
+                let mapped = self.plan.evaluate(
+                    child_flow,
+                    &Input {
+                        record: &record,
+                        parent: Some(&parent_record),
+                        operation: Operation::Create,
+                    },
+                );
+                if mapped.skipped || !mapped.violations.is_empty() {
+                    // `write_children` audits the violations after the parent exists.
+                    continue;
+                }
+                let digest = hash(&json!(
+                    mapped.records.iter().map(|r| &r.fields).collect::<Vec<_>>()
+                ));
+                for child in &mapped.records {
+                    set.push(Write::Create {
+                        entity: child_flow.entity.clone(),
+                        fields: child.fields.clone(),
+                    });
+                }
+                children.push((name.clone(), digest, mapped.records.len()));
+            }
+        }
+        let applied = self.crm.apply(&set).await?;
+        let Some(done) = applied.get(main) else {
+            return Err(JobError::Retry {
+                message: format!("the CRM did not answer for the {} write", flow.entity),
+                after: Some(Duration::from_secs(1)),
+            });
+        };
+        for (name, digest, count) in children {
+            snapshot.children.insert(name.clone(), digest);
+            self.audit(
+                Some(rid),
+                self.plan.flow(&name).map(|f| f.entity.as_str()),
+                Some(&done.id),
+                &name,
+                "created",
+                &format!("{count} child record(s) created"),
+                json!({}),
+            )
+            .await?;
+        }
+        Ok(Ok((done.id.clone(), done.created)))
     }
 
     async fn write_children(
@@ -1586,6 +1754,12 @@ impl Engine {
         snapshot: &mut Snapshot,
     ) -> Result<(), JobError> {
         if snapshot.microsoft_referral.is_some() {
+            return Ok(());
+        }
+        // Step two belongs to co-sells the partner starts. A referral Microsoft shared with
+        // us (Incoming) already has Microsoft on its engagement: a second referral to
+        // Microsoft would be a duplicate.
+        if referral["direction"].as_str() == Some("Incoming") {
             return Ok(());
         }
         for name in &self.roles.crm_secondary {

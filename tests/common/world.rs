@@ -567,3 +567,90 @@ impl<'a> Seller<'a> {
         }
     }
 }
+
+/// Calls made to the sandbox between two snapshots of `/_sandbox/stats`, per `api METHOD path`.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Calls {
+    pub by_endpoint: std::collections::BTreeMap<String, u64>,
+}
+
+impl Calls {
+    fn of(stats: &Value) -> Calls {
+        let mut by_endpoint = std::collections::BTreeMap::new();
+        if let Some(apis) = stats["apis"].as_object() {
+            for (api, s) in apis {
+                for (endpoint, e) in s["endpoints"].as_object().into_iter().flatten() {
+                    // Token calls are not API calls (and are cached for an hour).
+                    if endpoint.contains("/oauth2/") {
+                        continue;
+                    }
+                    let n = e["calls"].as_u64().unwrap_or(0);
+                    by_endpoint.insert(format!("{api} {endpoint}"), n);
+                }
+            }
+        }
+        Calls { by_endpoint }
+    }
+
+    /// What `after` adds to `self`.
+    pub fn since(&self, after: &Calls) -> Calls {
+        let by_endpoint = after
+            .by_endpoint
+            .iter()
+            .map(|(k, n)| (k.clone(), n - self.by_endpoint.get(k).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        Calls { by_endpoint }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_endpoint.values().sum()
+    }
+
+    /// Calls that change something (anything but GET).
+    pub fn writes(&self) -> u64 {
+        self.by_endpoint
+            .iter()
+            .filter(|(k, _)| !k.split(' ').nth(1).is_some_and(|m| m == "GET"))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    pub fn reads(&self) -> u64 {
+        self.total() - self.writes()
+    }
+}
+
+impl std::fmt::Display for Calls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} calls ({} writes)", self.total(), self.writes())?;
+        for (endpoint, n) in &self.by_endpoint {
+            write!(f, "\n    {n} × {endpoint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl World {
+    /// Every call so far, per endpoint.
+    pub async fn call_log(&self) -> Calls {
+        Calls::of(&self.stats().await)
+    }
+
+    /// Delivers a Partner Center event the way the webhook endpoint stores it, then runs the
+    /// inbox only (no reconcile, no CRM poll): what one event costs.
+    pub async fn deliver(&self, event: &str, referral_id: &str) {
+        use cosell::store::NewJob;
+        self.engine
+            .store()
+            .enqueue(&NewJob::new(
+                cosell::engine::inbox::referral_key(referral_id),
+                cosell::engine::inbox::PC_EVENT,
+                json!({ "event": event, "referral_id": referral_id }),
+            ))
+            .await
+            .unwrap();
+        let drained = self.runner.drain().await.unwrap();
+        assert_eq!(drained.dead, 0);
+    }
+}
