@@ -2,9 +2,9 @@
 //! SQLite state store filled the way the engine fills it.
 
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use cosell::store::{Link, NewAudit, NewJob, Store};
+use cosell::store::{ApiCalls, Link, NewAudit, NewJob, Store, utc_day};
 use serde_json::{Value, json};
 
 fn cosell(state: &str, args: &[&str]) -> Output {
@@ -155,4 +155,67 @@ fn an_unreachable_state_store_is_a_clear_usage_error() {
     assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
     let output = cosell("mysql://x", &["status"]);
     assert_eq!(output.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_api_calls_today_against_the_daily_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = format!("sqlite://{}", dir.path().join("state.db").display());
+    let store = Store::open(&state).await.unwrap();
+    // Nothing recorded yet.
+    let text = stdout(&cosell(&state, &["status"]));
+    assert!(text.contains("api calls  none recorded on"), "{text}");
+
+    let today = utc_day(SystemTime::now());
+    let calls = |api: &str, calls: u64, daily_limit: Option<u64>| ApiCalls {
+        api: api.into(),
+        calls,
+        daily_limit,
+    };
+    store
+        .add_api_usage(
+            &today,
+            &[
+                calls("partner_center", 250, Some(1000)),
+                calls("dataverse", 12, None),
+            ],
+        )
+        .await
+        .unwrap();
+    store
+        .add_api_usage("2001-01-01", &[calls("partner_center", 99_999, Some(1000))])
+        .await
+        .unwrap();
+    store.close().await;
+
+    let status = cosell(&state, &["status"]);
+    let text = stdout(&status);
+    assert!(status.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("api calls  {today} (UTC)")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("partner_center")
+                && l.ends_with("250 of 1000 (25.0 %)")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("dataverse") && l.ends_with(" 12")),
+        "{text}"
+    );
+    assert!(!text.contains("99999"), "only today counts: {text}");
+
+    let value: Value =
+        serde_json::from_slice(&cosell(&state, &["status", "--format", "json"]).stdout).unwrap();
+    let usage = &value["api_usage"];
+    assert_eq!(usage["day"], today.as_str());
+    assert_eq!(usage["upstreams"]["partner_center"]["calls"], 250);
+    assert_eq!(usage["upstreams"]["partner_center"]["daily_limit"], 1000);
+    assert_eq!(usage["upstreams"]["partner_center"]["used_percent"], 25.0);
+    assert_eq!(usage["upstreams"]["dataverse"]["calls"], 12);
+    assert_eq!(usage["upstreams"]["dataverse"]["daily_limit"], Value::Null);
+    assert_eq!(usage["upstreams"]["dataverse"]["used_percent"], Value::Null);
 }

@@ -38,6 +38,19 @@ fn run_once(mapping: &str) {
         .unwrap_or(0);
     assert!(links >= 5, "links after the run: {status}");
     assert_eq!(status["dead_letters"].as_u64(), Some(0), "{status}");
+    // The run's API calls were written for status on the way out.
+    let upstreams = &status["api_usage"]["upstreams"];
+    let crm = if mapping.contains("salesforce") {
+        "salesforce"
+    } else {
+        "dataverse"
+    };
+    for api in ["partner_center", crm] {
+        assert!(
+            upstreams[api]["calls"].as_u64().unwrap_or(0) > 0,
+            "{api} calls recorded: {status}"
+        );
+    }
 }
 
 #[test]

@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cosell::store::{InboxStats, Job, JobId, Link, NewAudit, NewJob, Store, StoreError};
+use cosell::store::{
+    ApiCalls, InboxStats, Job, JobId, Link, NewAudit, NewJob, SCHEMA_VERSION, Store, StoreError,
+    utc_day,
+};
 use serde_json::json;
 
 /// A store under test and the URL that opens it again (for reopening and for extra workers).
@@ -137,6 +140,8 @@ conformance!(
     recent_failures,
     concurrent_claimers_keep_keys_exclusive,
     reopening_keeps_data_and_migrates_idempotently,
+    api_usage_adds_up_per_upstream_and_day,
+    api_usage_from_concurrent_workers_adds_up,
 );
 
 /// Now, truncated to the millisecond the store keeps.
@@ -975,6 +980,112 @@ async fn reopening_keeps_data_and_migrates_idempotently(fx: &Fixture) {
     reopened.close().await;
 }
 
+fn calls(api: &str, calls: u64, daily_limit: Option<u64>) -> ApiCalls {
+    ApiCalls {
+        api: api.to_owned(),
+        calls,
+        daily_limit,
+    }
+}
+
+async fn api_usage_adds_up_per_upstream_and_day(fx: &Fixture) {
+    let store = &fx.store;
+    assert!(store.api_usage("2026-03-01").await.unwrap().is_empty());
+    // Nothing to add is not a write.
+    store.add_api_usage("2026-03-01", &[]).await.unwrap();
+    store
+        .add_api_usage(
+            "2026-03-01",
+            &[
+                calls("partner_center", 40, Some(1000)),
+                calls("dataverse", 7, None),
+                calls("partner_center_webhooks", 0, None),
+            ],
+        )
+        .await
+        .unwrap();
+    store
+        .add_api_usage(
+            "2026-03-01",
+            &[
+                calls("partner_center", 2, Some(1200)),
+                calls("dataverse", 3, None),
+            ],
+        )
+        .await
+        .unwrap();
+    // Another day is another row.
+    store
+        .add_api_usage("2026-03-02", &[calls("partner_center", 5, Some(1200))])
+        .await
+        .unwrap();
+
+    let day = store.api_usage("2026-03-01").await.unwrap();
+    let summary: Vec<(&str, u64, Option<u64>)> = day
+        .iter()
+        .map(|u| (u.api.as_str(), u.calls, u.daily_limit))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("dataverse", 10, None),
+            ("partner_center", 42, Some(1200)),
+            ("partner_center_webhooks", 0, None),
+        ],
+        "summed per upstream, ordered by name, the last limit kept"
+    );
+    assert!(day.iter().all(|u| u.day == "2026-03-01"));
+    assert_recent(day[0].updated_at);
+    let next = store.api_usage("2026-03-02").await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!((next[0].calls, next[0].daily_limit), (5, Some(1200)));
+
+    // Today's key is the UTC calendar day, as `cosell status` looks it up.
+    let today = utc_day(SystemTime::now());
+    assert_eq!(today.len(), 10);
+    store
+        .add_api_usage(
+            &today,
+            &[calls("salesforce", u64::from(u32::MAX) + 1, None)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.api_usage(&today).await.unwrap()[0].calls,
+        u64::from(u32::MAX) + 1,
+        "counts are 64-bit"
+    );
+}
+
+async fn api_usage_from_concurrent_workers_adds_up(fx: &Fixture) {
+    // Several engine workers share one database; each flushes its own counts.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let store = fx.open_again().await;
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                store
+                    .add_api_usage(
+                        "2026-04-01",
+                        &[
+                            calls("partner_center", 3, Some(500)),
+                            calls("salesforce", 1, None),
+                        ],
+                    )
+                    .await
+                    .unwrap();
+            }
+            store.close().await;
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let usage = fx.store.api_usage("2026-04-01").await.unwrap();
+    let totals: Vec<(&str, u64)> = usage.iter().map(|u| (u.api.as_str(), u.calls)).collect();
+    assert_eq!(totals, [("partner_center", 120), ("salesforce", 40)]);
+}
+
 // ---- backend-specific ------------------------------------------------------------------
 
 #[tokio::test]
@@ -1013,7 +1124,8 @@ async fn sqlite_creates_parent_directories_and_enables_wal() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(version, 2, "every migration applied");
+    assert_eq!(version, 3, "every migration applied");
+    assert_eq!(version, SCHEMA_VERSION);
 
     // A database a newer cosell migrated further is refused, not used with an unknown schema.
     sqlx::query(

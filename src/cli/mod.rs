@@ -18,6 +18,7 @@ use crate::testing;
 
 mod map;
 mod ops;
+mod progress;
 mod run;
 mod sandbox;
 mod webhook;
@@ -71,7 +72,8 @@ enum Command {
     /// Manage the Partner Center webhook registration.
     #[command(subcommand)]
     Webhook(webhook::WebhookCommand),
-    /// The sync state at a glance: links by state, inbox depth, lag, dead letters.
+    /// The sync state at a glance: links by state, inbox depth, lag, dead letters, API calls
+    /// today per upstream (of the daily budget, where one is configured).
     Status {
         #[command(flatten)]
         state: ops::StateArgs,

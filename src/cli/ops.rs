@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::Format;
 use crate::mapping::transforms::datetime::DateTime;
-use crate::store::{AuditEntry, Store};
+use crate::store::{AuditEntry, Store, utc_day};
 
 /// Where the state lives, shared by the operations commands.
 #[derive(Debug, Clone, clap::Args)]
@@ -28,7 +28,7 @@ pub const DEFAULT_STATE: &str = "sqlite://.cosell/state.db";
 /// What an operations command does.
 #[derive(Debug, Clone)]
 pub enum Operation {
-    /// Links by state, inbox depth, lag, dead letters.
+    /// Links by state, inbox depth, lag, dead letters, API calls today per upstream.
     Status,
     /// The history of one referral, newest first.
     Audit {
@@ -97,9 +97,20 @@ fn seconds(duration: Option<Duration>) -> Value {
     duration.map_or(Value::Null, |d| json!(d.as_secs_f64()))
 }
 
+/// Percent of `limit` that `calls` is, one decimal.
+fn percent(calls: u64, limit: u64) -> f64 {
+    if limit == 0 {
+        // A zero allocation is spent before the first call.
+        return 100.0;
+    }
+    (calls as f64 * 1000.0 / limit as f64).round() / 10.0
+}
+
 async fn status(store: &Store, format: Format) -> Outcome {
     let links = store.links_by_state().await?;
     let inbox = store.inbox_stats().await?;
+    let day = utc_day(SystemTime::now());
+    let usage = store.api_usage(&day).await?;
     match format {
         Format::Json => {
             println!(
@@ -114,6 +125,15 @@ async fn status(store: &Store, format: Format) -> Outcome {
                         "lag_seconds": seconds(inbox.lag),
                     },
                     "dead_letters": inbox.dead_letters,
+                    "api_usage": {
+                        "day": day,
+                        "upstreams": usage.iter().map(|u| (u.api.clone(), json!({
+                            "calls": u.calls,
+                            "daily_limit": u.daily_limit,
+                            "used_percent": u.daily_limit.map(|l| percent(u.calls, l)),
+                            "updated_at": timestamp(u.updated_at),
+                        }))).collect::<serde_json::Map<_, _>>(),
+                    },
                 })
             );
         }
@@ -135,6 +155,23 @@ async fn status(store: &Store, format: Format) -> Outcome {
             println!("dead       {}", inbox.dead_letters);
             if inbox.dead_letters > 0 {
                 println!("           see `cosell failures`, then `cosell replay --all`");
+            }
+            if usage.is_empty() {
+                println!("api calls  none recorded on {day} (UTC)");
+            } else {
+                println!("api calls  {day} (UTC)");
+                let width = usage.iter().map(|u| u.api.len()).max().unwrap_or(0);
+                for u in &usage {
+                    match u.daily_limit {
+                        Some(limit) => println!(
+                            "  {:<width$}  {} of {limit} ({:.1} %)",
+                            u.api,
+                            u.calls,
+                            percent(u.calls, limit)
+                        ),
+                        None => println!("  {:<width$}  {}", u.api, u.calls),
+                    }
+                }
             }
         }
     }

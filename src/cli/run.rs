@@ -7,15 +7,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
+use indicatif::ProgressDrawTarget;
 use serde_json::json;
 
+use super::progress::BackfillBar;
 use super::{Format, SettingArgs, check, print_diagnostics, runtime};
 use crate::config::model::Config;
 use crate::connectors::process_env;
 use crate::engine::connect;
+use crate::engine::health::{self, Readiness};
 use crate::engine::inbox::InboxSink;
 use crate::engine::runner::{RunOptions, Runner};
 use crate::engine::sync::Engine;
+use crate::engine::usage::{self, UsageRecorder};
 use crate::mapping::plan::Plan;
 use crate::sandbox::{self, SandboxOptions};
 use crate::server::{self, ServerOptions};
@@ -90,9 +94,10 @@ pub enum LogFormat {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Through the progress bar's writer, so log lines never cut the bar in two.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(super::progress::LogWriter);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -272,7 +277,7 @@ async fn run_async(args: &RunArgs, config: Config, plan: Plan) -> anyhow::Result
     let mut server = None;
     if let Some(mut server_options) = server_options {
         let path = server_options.webhook_path.clone();
-        server_options.readiness = readiness(engine.clone());
+        server_options.readiness = Readiness::new(engine.clone(), health::CACHE_FOR).into_check();
         let sink = Arc::new(InboxSink::new(engine.store().clone()).waking(runner.waker()));
         let handle = server::serve(server_options, sink).await?;
         let bound = handle.local_addr();
@@ -294,11 +299,40 @@ async fn run_async(args: &RunArgs, config: Config, plan: Plan) -> anyhow::Result
         server = Some(handle);
     }
 
-    let code = if args.once {
-        let total = runner
-            .run_once()
-            .await
-            .map_err(|e| anyhow!("{}", e.message()))?;
+    // Call counts go to the store every few seconds for `cosell status`; the bar shows the
+    // first round's backlog draining when a person is watching.
+    let usage = UsageRecorder::for_engine(&engine).spawn(usage::FLUSH_EVERY);
+    let bar = super::progress::enabled(args.log_format)
+        .then(|| BackfillBar::spawn(&runner, ProgressDrawTarget::stderr));
+    let outcome = run_engine(args, &engine, &runner, bar).await;
+    if let Err(error) = usage.stop().await {
+        tracing::warn!("recording API usage: {error}");
+    }
+    let code = outcome?;
+    if let Some(server) = server {
+        server.shutdown().await?;
+    }
+    engine.store().close().await;
+    drop(setup.sandbox);
+    Ok(code)
+}
+
+/// `--once` or until Ctrl-C; the bar goes away before the summary line is printed.
+async fn run_engine(
+    args: &RunArgs,
+    engine: &Engine,
+    runner: &Runner,
+    bar: Option<BackfillBar>,
+) -> anyhow::Result<ExitCode> {
+    let stop_bar = async move {
+        if let Some(bar) = bar {
+            bar.stop().await;
+        }
+    };
+    if args.once {
+        let total = runner.run_once().await;
+        stop_bar.await;
+        let total = total.map_err(|e| anyhow!("{}", e.message()))?;
         let stats = engine.store().inbox_stats().await?;
         println!(
             "synced: {} job(s), {} with writes, {} retried, {} dead-lettered",
@@ -309,41 +343,20 @@ async fn run_async(args: &RunArgs, config: Config, plan: Plan) -> anyhow::Result
                 "error: {} job(s) failed for good; see `cosell failures`",
                 stats.dead_letters
             );
-            ExitCode::from(1)
+            Ok(ExitCode::from(1))
         } else {
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
     } else {
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
             tracing::info!("stopping");
         };
-        runner
-            .run(shutdown)
-            .await
-            .map_err(|e| anyhow!("{}", e.message()))?;
-        ExitCode::SUCCESS
-    };
-    if let Some(server) = server {
-        server.shutdown().await?;
+        let result = runner.run(shutdown).await;
+        stop_bar.await;
+        result.map_err(|e| anyhow!("{}", e.message()))?;
+        Ok(ExitCode::SUCCESS)
     }
-    engine.store().close().await;
-    drop(setup.sandbox);
-    Ok(code)
-}
-
-fn readiness(engine: Arc<Engine>) -> server::ReadinessCheck {
-    Arc::new(move || {
-        let engine = engine.clone();
-        Box::pin(async move {
-            engine
-                .store()
-                .inbox_stats()
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("state store: {e}"))
-        })
-    })
 }
 
 /// `cosell plan`.

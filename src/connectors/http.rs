@@ -17,6 +17,17 @@ use super::retry::{RetryPolicy, jitter, retry_after, retryable_status};
 use super::{ConnectorError, describe_transport, lock, require_https};
 use crate::config::model::Budget;
 
+/// Counter of HTTP requests to an upstream by `api`, `operation` and `status` (an HTTP
+/// status or `transport_error`); retries included.
+pub const METRIC_CALLS: &str = "cosell_upstream_calls_total";
+/// Histogram of request durations in seconds by `api` and `operation`.
+pub const METRIC_CALL_DURATION: &str = "cosell_upstream_call_duration_seconds";
+/// Gauge of calls left in the daily allocation (`budget.per_day`, a sliding 24 h window)
+/// by `api`; only for upstreams with a daily budget.
+pub const METRIC_BUDGET_REMAINING: &str = "cosell_upstream_budget_remaining";
+/// Gauge of the daily allocation (`budget.per_day`) by `api`; only where configured.
+pub const METRIC_BUDGET_LIMIT: &str = "cosell_upstream_budget_daily_limit";
+
 /// How to build an [`Upstream`].
 #[derive(Debug, Clone)]
 pub struct UpstreamOptions {
@@ -293,6 +304,43 @@ impl Upstream {
         lock(&self.inner.stats).clone()
     }
 
+    /// HTTP requests sent so far (retries included; token requests are not API calls and
+    /// are not counted). Cheaper than [`Upstream::stats`] for periodic readers.
+    pub fn requests(&self) -> u64 {
+        lock(&self.inner.stats).requests
+    }
+
+    /// The configured daily allocation (`budget.per_day`), if any.
+    pub fn daily_limit(&self) -> Option<u32> {
+        self.inner.options.budget.per_day
+    }
+
+    /// Makes sure a valid access token is held, without calling the API: the cached token
+    /// while it has more than a minute left, else a new one from the token endpoint. What
+    /// a readiness probe asks ("could the next call authenticate?"); an upstream without
+    /// tokens is always fine. Errors name the API and carry the token endpoint's OAuth
+    /// error, never a credential.
+    pub async fn ensure_token(&self) -> Result<(), ConnectorError> {
+        match &self.inner.tokens {
+            Some(tokens) => tokens.token().await.map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Sets `cosell_upstream_budget_daily_limit{api}` and
+    /// `cosell_upstream_budget_remaining{api}` when a daily budget is configured. Called
+    /// after every call and periodically: the window slides, so the remaining allocation
+    /// grows back while no call is made.
+    pub fn publish_budget_metrics(&self) {
+        let api = self.api();
+        if let (Some(limit), Some(remaining)) =
+            (self.daily_limit(), self.inner.limiter.daily_remaining())
+        {
+            metrics::gauge!(METRIC_BUDGET_LIMIT, "api" => api).set(f64::from(limit));
+            metrics::gauge!(METRIC_BUDGET_REMAINING, "api" => api).set(f64::from(remaining));
+        }
+    }
+
     /// The API root: the configured base URL, or the token's `instance_url`.
     pub async fn base_url(&self) -> Result<String, ConnectorError> {
         let options = &self.inner.options;
@@ -414,10 +462,7 @@ impl Upstream {
             };
             self.count(operation, status.as_str());
             record_metrics(api, operation, status.as_str(), elapsed);
-            if let Some(remaining) = self.inner.limiter.daily_remaining() {
-                metrics::gauge!("cosell_upstream_budget_remaining", "api" => api)
-                    .set(f64::from(remaining));
-            }
+            self.publish_budget_metrics();
             tracing::debug!(
                 api,
                 operation,
@@ -503,14 +548,14 @@ impl Upstream {
 
 fn record_metrics(api: &'static str, operation: &'static str, status: &str, elapsed: Duration) {
     metrics::counter!(
-        "cosell_upstream_calls_total",
+        METRIC_CALLS,
         "api" => api,
         "operation" => operation,
         "status" => status.to_owned()
     )
     .increment(1);
     metrics::histogram!(
-        "cosell_upstream_call_duration_seconds",
+        METRIC_CALL_DURATION,
         "api" => api,
         "operation" => operation
     )

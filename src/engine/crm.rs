@@ -20,6 +20,20 @@ pub enum Crm {
 }
 
 impl Crm {
+    /// The connector's upstream (budget, counters, token).
+    pub fn upstream(&self) -> &crate::connectors::http::Upstream {
+        match self {
+            Crm::Dataverse(client) => client.upstream(),
+            Crm::Salesforce(client) => client.upstream(),
+        }
+    }
+
+    /// Makes sure the CRM's access token is held or can be obtained, without calling the
+    /// API (see [`crate::connectors::http::Upstream::ensure_token`]).
+    pub async fn ensure_token(&self) -> Result<(), ConnectorError> {
+        self.upstream().ensure_token().await
+    }
+
     /// The id of a record of `entity` whose every `criteria` field equals the given value
     /// (text compared ignoring case, as both CRMs' default collations do), or `None`. When
     /// several match, the first by id is taken so the choice is stable across runs.

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use serde_json::{Value, json};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use super::inbox::referral_key;
@@ -72,6 +72,17 @@ pub struct Drained {
     pub dead: u64,
 }
 
+/// What a runner has done since it was made, for progress displays ([`Runner::activity`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Jobs settled: completed, scheduled for a retry or dead-lettered.
+    pub settled: u64,
+    /// Partner Center reconciles that finished (without error).
+    pub reconciles: u64,
+    /// CRM polls that finished (without error).
+    pub polls: u64,
+}
+
 /// Runs the engine's loops.
 #[derive(Debug, Clone)]
 pub struct Runner {
@@ -79,6 +90,7 @@ pub struct Runner {
     options: RunOptions,
     wake: Arc<Notify>,
     seen: Arc<std::sync::Mutex<HashMap<String, String>>>,
+    activity: Arc<watch::Sender<Activity>>,
 }
 
 impl Runner {
@@ -89,7 +101,13 @@ impl Runner {
             options,
             wake: Arc::new(Notify::new()),
             seen: Arc::new(std::sync::Mutex::new(HashMap::new())),
+            activity: Arc::new(watch::channel(Activity::default()).0),
         }
+    }
+
+    /// What this runner (and its clones) has done so far; the receiver sees every change.
+    pub fn activity(&self) -> watch::Receiver<Activity> {
+        self.activity.subscribe()
     }
 
     /// Wakes idle workers (the webhook sink calls it after storing an event).
@@ -159,6 +177,7 @@ impl Runner {
         if enqueued > 0 {
             self.wake.notify_waiters();
         }
+        self.activity.send_modify(|a| a.reconciles += 1);
         Ok(enqueued)
     }
 
@@ -303,6 +322,7 @@ impl Runner {
         if enqueued > 0 {
             self.wake.notify_waiters();
         }
+        self.activity.send_modify(|a| a.polls += 1);
         Ok(enqueued)
     }
 
@@ -424,6 +444,7 @@ impl Runner {
                 continue;
             };
             self.settle(&job, result, elapsed, &mut tally).await?;
+            self.activity.send_modify(|a| a.settled += 1);
         }
     }
 

@@ -45,6 +45,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::model::WebhookSettings;
 use crate::connectors::SecretEnv;
+use crate::connectors::http;
 use crate::connectors::partner_center::WebhookEvent;
 use verify::{Rejection, WebhookVerifier};
 
@@ -178,6 +179,23 @@ pub fn install_metrics() -> PrometheusHandle {
             metrics::describe_counter!(
                 METRIC_VERIFICATION_FAILURES,
                 "Webhook signature verification failures by reason"
+            );
+            metrics::describe_counter!(
+                http::METRIC_CALLS,
+                "HTTP requests to an upstream API by api, operation and status (retries included)"
+            );
+            metrics::describe_histogram!(
+                http::METRIC_CALL_DURATION,
+                metrics::Unit::Seconds,
+                "Upstream request durations by api and operation"
+            );
+            metrics::describe_gauge!(
+                http::METRIC_BUDGET_LIMIT,
+                "Configured daily call allocation (budget.per_day) by api"
+            );
+            metrics::describe_gauge!(
+                http::METRIC_BUDGET_REMAINING,
+                "Calls left in the daily allocation (sliding 24 h window) by api"
             );
             handle
         })

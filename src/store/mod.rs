@@ -1,5 +1,6 @@
 //! The durable state store: links between referrals and CRM records, cursors, the inbox of
-//! jobs with its retry schedule, dead letters, and the audit log.
+//! jobs with its retry schedule, dead letters, the audit log, and API calls per upstream and
+//! day.
 //!
 //! One [`Store`] type over two backends, chosen by URL: SQLite (the default, one file, one
 //! engine process) and PostgreSQL (several engine workers sharing one database). Both run the
@@ -331,6 +332,48 @@ pub struct AuditEntry {
     pub details: serde_json::Value,
 }
 
+/// Calls to add to one upstream's count of a day ([`Store::add_api_usage`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiCalls {
+    /// The upstream (`partner_center`, `dataverse`, …).
+    pub api: String,
+    /// Calls made since the last addition (may be 0, to record the limit).
+    pub calls: u64,
+    /// The configured daily allocation, if any; replaces the one stored.
+    pub daily_limit: Option<u64>,
+}
+
+/// One upstream's calls on one UTC day ([`Store::api_usage`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiUsage {
+    /// The upstream.
+    pub api: String,
+    /// The UTC day, `YYYY-MM-DD`.
+    pub day: String,
+    /// Calls recorded that day, by every worker sharing the store.
+    pub calls: u64,
+    /// The daily allocation configured at the last addition, if any.
+    pub daily_limit: Option<u64>,
+    /// When calls were last added.
+    pub updated_at: SystemTime,
+}
+
+/// The UTC day of `t` as `YYYY-MM-DD` (the key of [`Store::api_usage`]).
+pub fn utc_day(t: SystemTime) -> String {
+    let days = to_ms(t).div_euclid(86_400_000);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
 /// The outcome [`Store::recent_failures`] selects.
 pub const FAILED: &str = "failed";
 
@@ -451,7 +494,16 @@ const STEPS: &[Step] = &[
         sqlite: include_str!("migrations/sqlite/0002_link_snapshot.sql"),
         postgres: include_str!("migrations/postgres/0002_link_snapshot.sql"),
     },
+    Step {
+        version: 3,
+        description: "api usage",
+        sqlite: include_str!("migrations/sqlite/0003_api_usage.sql"),
+        postgres: include_str!("migrations/postgres/0003_api_usage.sql"),
+    },
 ];
+
+/// The newest schema version this build knows (what [`Store::open`] migrates to).
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Where applied versions are recorded. Not sqlx's default `_sqlx_migrations`: a PostgreSQL
 /// schema shared with another sqlx application would mix both histories.
@@ -1266,6 +1318,76 @@ impl Store {
         })
     }
 
+    // ---- API usage ---------------------------------------------------------------------
+
+    /// Adds `usage` to the counts of UTC day `day` (`YYYY-MM-DD`, see [`utc_day`]) in one
+    /// transaction, creating rows as needed; each row's limit becomes the one given. Made
+    /// for periodic batches: concurrent additions (several workers) add up.
+    pub async fn add_api_usage(&self, day: &str, usage: &[ApiCalls]) -> Result<(), StoreError> {
+        if usage.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        // Rows locked in one order by every worker: two concurrent batches cannot deadlock.
+        let mut sorted: Vec<&ApiCalls> = usage.iter().collect();
+        sorted.sort_by(|a, b| a.api.cmp(&b.api));
+        with_pool!(self, |pool| {
+            let mut tx = pool
+                .begin_write()
+                .await
+                .map_err(db("recording API usage"))?;
+            for entry in &sorted {
+                sqlx::query(
+                    "INSERT INTO api_usage (api, day, calls, daily_limit, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (api, day) DO UPDATE SET \
+                     calls = api_usage.calls + excluded.calls, \
+                     daily_limit = excluded.daily_limit, updated_at = excluded.updated_at",
+                )
+                .bind(&entry.api)
+                .bind(day)
+                .bind(i64::try_from(entry.calls).unwrap_or(i64::MAX))
+                .bind(
+                    entry
+                        .daily_limit
+                        .map(|l| i64::try_from(l).unwrap_or(i64::MAX)),
+                )
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("recording API usage"))?;
+            }
+            tx.commit().await.map_err(db("recording API usage"))?;
+        });
+        Ok(())
+    }
+
+    /// Every upstream's calls on UTC day `day`, by API name.
+    pub async fn api_usage(&self, day: &str) -> Result<Vec<ApiUsage>, StoreError> {
+        with_pool!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT api, day, calls, daily_limit, updated_at FROM api_usage \
+                 WHERE day = $1 ORDER BY api",
+            )
+            .bind(day)
+            .fetch_all(pool)
+            .await
+            .map_err(db("reading API usage"))?;
+            rows.iter()
+                .map(|row| {
+                    Ok(ApiUsage {
+                        api: row.text("api")?,
+                        day: row.text("day")?,
+                        calls: count(row.int("calls")?),
+                        daily_limit: row.opt_int("daily_limit")?.map(count),
+                        updated_at: from_ms(row.int("updated_at")?),
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(db("reading API usage"))
+        })
+    }
+
     // ---- audit -------------------------------------------------------------------------
 
     /// Appends `entry` to the audit log, stamped with now.
@@ -1381,6 +1503,20 @@ mod tests {
         for ms in [0, 1, 1_700_000_000_123, -86_400_000, i64::MAX / 2] {
             assert_eq!(to_ms(from_ms(ms)), ms);
         }
+    }
+
+    #[test]
+    fn utc_days_follow_the_calendar() {
+        let at = |ms: i64| utc_day(from_ms(ms));
+        assert_eq!(at(0), "1970-01-01");
+        assert_eq!(at(86_399_999), "1970-01-01");
+        assert_eq!(at(86_400_000), "1970-01-02");
+        assert_eq!(at(-1), "1969-12-31");
+        // 2024-02-29T23:59:59.999Z, then 2024-03-01T00:00:00Z.
+        assert_eq!(at(1_709_251_199_999), "2024-02-29");
+        assert_eq!(at(1_709_251_200_000), "2024-03-01");
+        assert_eq!(at(1_735_689_599_000), "2024-12-31");
+        assert_eq!(at(4_102_444_800_000), "2100-01-01");
     }
 
     #[test]

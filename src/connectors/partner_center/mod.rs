@@ -261,6 +261,13 @@ impl PartnerCenterClient {
         PartnerCenterClient::new(settings)
     }
 
+    /// Makes sure the referrals API token is held or can be obtained, without calling the
+    /// API (see [`Upstream::ensure_token`]). Only the referrals API: syncing needs nothing
+    /// else, while the webhook registration API is used at set-up and on demand.
+    pub async fn ensure_token(&self) -> Result<(), ConnectorError> {
+        self.referrals.ensure_token().await
+    }
+
     /// The referrals API upstream (stats, limiter).
     pub fn referrals_upstream(&self) -> &Upstream {
         &self.referrals
