@@ -1124,7 +1124,7 @@ async fn sqlite_creates_parent_directories_and_enables_wal() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(version, 3, "every migration applied");
+    assert_eq!(version, 4, "every migration applied");
     assert_eq!(version, SCHEMA_VERSION);
 
     // A database a newer cosell migrated further is refused, not used with an unknown schema.

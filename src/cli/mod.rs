@@ -80,7 +80,9 @@ enum Command {
     },
     /// The full history of one referral, newest first.
     Audit {
-        /// Referral id.
+        /// Referral id, or the id of a CRM record (a seller's opportunity that was rejected
+        /// before it became a referral has its history under its own id).
+        #[arg(value_name = "REFERRAL_ID|CRM_ID")]
         referral_id: String,
         /// At most this many entries.
         #[arg(long, default_value_t = 100)]

@@ -500,10 +500,16 @@ const STEPS: &[Step] = &[
         sqlite: include_str!("migrations/sqlite/0003_api_usage.sql"),
         postgres: include_str!("migrations/postgres/0003_api_usage.sql"),
     },
+    Step {
+        version: 4,
+        description: "audit by record",
+        sqlite: include_str!("migrations/sqlite/0004_audit_by_record.sql"),
+        postgres: include_str!("migrations/postgres/0004_audit_by_record.sql"),
+    },
 ];
 
 /// The newest schema version this build knows (what [`Store::open`] migrates to).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Where applied versions are recorded. Not sqlx's default `_sqlx_migrations`: a PostgreSQL
 /// schema shared with another sqlx application would mix both histories.
