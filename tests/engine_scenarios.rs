@@ -469,3 +469,79 @@ async fn solutions_follow(crm: CrmKind) {
 }
 
 both_crms!(solutions_follow: dynamics_s14_solutions, salesforce_s14_solutions);
+
+// -------------------------------------------------------------------------------------------
+// S1 in detail: the customer account found by name + postal code or created, the contact
+// found by e-mail or created, currency and close date
+// -------------------------------------------------------------------------------------------
+
+async fn customer_records(crm: CrmKind) {
+    let w = world(crm).await;
+    let n = w.names();
+    let (account_f, contact_f) = match crm {
+        CrmKind::Dynamics365 => ("_parentaccountid_value", "_parentcontactid_value"),
+        CrmKind::Salesforce => ("AccountId", "ContactId"),
+    };
+    let (accounts, contacts) = match crm {
+        CrmKind::Dynamics365 => ("accounts", "contacts"),
+        CrmKind::Salesforce => ("Account", "Contact"),
+    };
+    let (first, _) = synced_incoming(&w, "Contoso first").await;
+    let (second, _) = synced_incoming(&w, "Contoso second").await;
+    // The same company name in another postal code is another customer.
+    let mut elsewhere = common::cosell_referral("Contoso elsewhere");
+    elsewhere["customerProfile"]["address"]["postalCode"] = json!("10001");
+    elsewhere["customerProfile"]["address"]["city"] = json!("New York");
+    let third = w
+        .incoming_with(
+            "Contoso elsewhere",
+            json!({ "customerProfile": elsewhere["customerProfile"] }),
+        )
+        .await;
+    w.sync().await;
+
+    let (_, a) = w.opportunity_of(&first).await;
+    let (_, b) = w.opportunity_of(&second).await;
+    let (_, c) = w.opportunity_of(&third).await;
+    let account = a[account_f].as_str().expect("an account").to_owned();
+    assert_eq!(b[account_f], json!(account), "found by name + postal code");
+    assert_ne!(
+        c[account_f],
+        json!(account),
+        "another postal code, another account"
+    );
+    assert_eq!(a[contact_f], b[contact_f], "the contact is found by e-mail");
+    let record = w.record(accounts, &account).await;
+    let contact = w
+        .record(contacts, a[contact_f].as_str().expect("a contact"))
+        .await;
+    match crm {
+        CrmKind::Dynamics365 => {
+            assert_eq!(record["name"], json!("Contoso Customer Inc"));
+            assert_eq!(record["address1_postalcode"], json!("98052"));
+            assert_eq!(record["address1_country"], json!("US"));
+            assert_eq!(contact["emailaddress1"], json!("sue.smith@contoso.com"));
+            assert_eq!(contact["_parentcustomerid_value"], json!(account));
+            assert_eq!(a["estimatedclosedate"], json!("2027-11-14"));
+            let currency = w
+                .record(
+                    "transactioncurrencies",
+                    a["_transactioncurrencyid_value"].as_str().unwrap(),
+                )
+                .await;
+            assert_eq!(currency["isocurrencycode"], json!("USD"));
+        }
+        CrmKind::Salesforce => {
+            assert_eq!(record["Name"], json!("Contoso Customer Inc"));
+            assert_eq!(record["BillingPostalCode"], json!("98052"));
+            assert_eq!(record["BillingCountryCode"], json!("US"));
+            assert_eq!(contact["Email"], json!("sue.smith@contoso.com"));
+            assert_eq!(contact["AccountId"], json!(account));
+            assert_eq!(a["CloseDate"], json!("2027-11-14"));
+            assert_eq!(a["CurrencyIsoCode"], json!("USD"));
+        }
+    }
+    assert_eq!(a[n.value].as_f64(), Some(50000.0));
+}
+
+both_crms!(customer_records: dynamics_s1_customer_records, salesforce_s1_customer_records);
