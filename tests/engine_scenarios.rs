@@ -545,3 +545,42 @@ async fn customer_records(crm: CrmKind) {
 }
 
 both_crms!(customer_records: dynamics_s1_customer_records, salesforce_s1_customer_records);
+
+// -------------------------------------------------------------------------------------------
+// Conflicts: both sides changed the deal value; the declared owner (newest) decides, audited
+// -------------------------------------------------------------------------------------------
+
+async fn conflicts(crm: CrmKind) {
+    let w = world(crm).await;
+    let n = w.names();
+    let (rid, opp) = synced_incoming(&w, "Proseware both sides").await;
+    w.update_opportunity(&opp, w.stage(Stage::Active)).await;
+    w.sync().await;
+
+    // Microsoft changes the value, then the seller does (later, so newer): the CRM job runs
+    // first with a stale view of the referral → 412 → fresh read → newest wins.
+    w.microsoft(&rid, json!({ "dealValue": 70000 })).await;
+    w.update_opportunity(&opp, json!({ n.value: 80_000 })).await;
+    w.runner.poll_crm().await.unwrap();
+    assert_eq!(w.runner.drain().await.unwrap().dead, 0);
+    assert_eq!(
+        w.referral(&rid).await["details"]["dealValue"].as_f64(),
+        Some(80000.0),
+        "the newer edit (the seller's) wins"
+    );
+    let trail = w.audit(&rid).await;
+    assert!(
+        trail
+            .iter()
+            .any(|e| e.contains("conflict") && e.contains("details.dealValue (crm kept)")),
+        "{trail:?}"
+    );
+    // Microsoft's event arrives afterwards: the CRM keeps the seller's value.
+    w.sync().await;
+    assert_eq!(
+        w.record(n.opportunity, &opp).await[n.value].as_f64(),
+        Some(80000.0)
+    );
+}
+
+both_crms!(conflicts: dynamics_conflict_newest_wins, salesforce_conflict_newest_wins);

@@ -1646,7 +1646,7 @@ impl Engine {
             }
             Some(link) => {
                 self.update_referral(
-                    flow, id, &fields, &record, link, projection, digest, children,
+                    flow, id, &fields, &record, link, projection, digest, children, false,
                 )
                 .await
             }
@@ -1835,6 +1835,7 @@ impl Engine {
         projection: Map<String, Value>,
         digest: String,
         children: Vec<String>,
+        fresh: bool,
     ) -> Result<JobOutcome, JobError> {
         let rid = link.referral_id.clone();
         let mut snapshot = Snapshot::of(Some(&link));
@@ -1858,8 +1859,20 @@ impl Engine {
             .await?;
             return Ok(JobOutcome::Unchanged);
         }
-        let current = match self.pc.get_referral(&rid).await {
-            Ok(r) => serde_json::to_value(&r).unwrap_or(Value::Null),
+        // The referral as we last saw it stands in for a fresh read: the PATCH carries its
+        // eTag, so if anyone changed the referral since, Partner Center answers 412 and we
+        // read, re-diff (conflicts by owner) and try once more. Saves a read per edit.
+        let from_snapshot = !fresh && known["eTag"].is_string();
+        let current = match from_snapshot {
+            true => Ok(known.clone()),
+            false => self
+                .pc
+                .get_referral(&rid)
+                .await
+                .map(|r| serde_json::to_value(&r).unwrap_or(Value::Null)),
+        };
+        let current = match current {
+            Ok(r) => r,
             Err(ConnectorError::NotFound { .. }) => {
                 self.audit(
                     Some(&rid),
@@ -1981,6 +1994,25 @@ impl Engine {
                     .await
                 {
                     Ok(updated) => now = serde_json::to_value(&updated).unwrap_or(desired),
+                    // Stale (412), or refused (400) possibly because of what we did not
+                    // see: decide on a fresh read.
+                    Err(
+                        ConnectorError::PreconditionFailed { .. }
+                        | ConnectorError::Status { status: 400, .. },
+                    ) if from_snapshot => {
+                        return Box::pin(self.update_referral(
+                            flow,
+                            id,
+                            fields,
+                            record,
+                            link,
+                            projection,
+                            digest,
+                            snapshot.crm_children,
+                            true,
+                        ))
+                        .await;
+                    }
                     Err(error @ ConnectorError::Status { status: 400, .. }) => {
                         // Partner Center refused the change (a transition it does not allow,
                         // a missing field): the seller has to act, retrying cannot help.

@@ -4,14 +4,16 @@
 //! * `YYYY-MM-DD` — a date, taken as midnight UTC;
 //! * `YYYY-MM-DDThh:mm` and `YYYY-MM-DDThh:mm:ss` — optionally followed by a
 //!   fraction of 1–9 digits after the seconds (`.2931817`), then optionally by
-//!   `Z` or an offset `±hh:mm`; no offset means UTC. `T` may be a lower-case
+//!   `Z` or an offset `±hh:mm` (or `±hhmm`, Salesforce's form); no offset
+//!   means UTC. `T` may be a lower-case
 //!   `t` or a single space, `Z` may be `z`.
 //!
 //! So Partner Center's `2019-02-23T02:05:23.2931817Z`, `2020-12-01T00:00:00Z`
-//! and `2017-11-16T16:19:06.3520276+00:00` all parse. Everything else is
+//! `2017-11-16T16:19:06.3520276+00:00` and Salesforce's
+//! `2026-11-21T19:40:01.000+0000` all parse. Everything else is
 //! rejected: week or ordinal dates, basic format without separators, `24:00`,
-//! leap seconds (`:60`), more than 9 fractional digits, offsets without a
-//! colon (`+0100`), impossible days (`2023-02-29`), and values whose UTC form
+//! leap seconds (`:60`), more than 9 fractional digits, hour-only offsets
+//! (`+01`), impossible days (`2023-02-29`), and values whose UTC form
 //! would leave years 0000–9999.
 
 use std::fmt::{self, Write};
@@ -97,7 +99,9 @@ impl DateTime {
             Some(b'Z' | b'z') => {}
             Some(sign @ (b'+' | b'-')) => {
                 let hours = p.two_digits()?;
-                p.expect(b':')?;
+                // `+01:00`, or `+0100` as Salesforce writes its datetimes
+                // (`2026-11-21T19:40:01.000+0000`).
+                p.eat(b':');
                 let minutes = p.two_digits()?;
                 if hours > 23 || minutes > 59 {
                     return None;
@@ -403,6 +407,8 @@ mod tests {
             ("2020-01-02t03:04:05z", "2020-01-02T03:04:05Z"),
             ("2020-01-02T03:04Z", "2020-01-02T03:04:00Z"),
             ("2020-01-02T03:04+01:00", "2020-01-02T02:04:00Z"),
+            ("2020-01-02T03:04:05+0100", "2020-01-02T02:04:05Z"),
+            ("2026-11-21T19:40:01.000+0000", "2026-11-21T19:40:01Z"),
             ("2020-01-02T03:04:05.5", "2020-01-02T03:04:05.5Z"),
             ("2020-01-02T03:04:05.000Z", "2020-01-02T03:04:05Z"),
             ("2020-01-02T03:04:05.120Z", "2020-01-02T03:04:05.12Z"),
@@ -484,8 +490,8 @@ mod tests {
             "2020-01-02T03:04:05.Z",
             "2020-01-02T03:04:05.1234567891Z",
             "2020-01-02T03:04:05,5Z",
-            "2020-01-02T03:04:05+0100",
             "2020-01-02T03:04:05+01",
+            "2020-01-02T03:04:05+010",
             "2020-01-02T03:04:05+24:00",
             "2020-01-02T03:04:05+01:60",
             "2020-01-02T03:04:05ZZ",
