@@ -20,8 +20,13 @@
 //! - `Sforce-Limit-Info: api-usage=N/M` of every successful reply feeds the gauges
 //!   `cosell_salesforce_api_usage` / `cosell_salesforce_api_limit` and
 //!   [`SalesforceClient::last_api_usage`].
+//! - [`SalesforceClient::composite`] sends up to 25 subrequests (lookups, or a referral's
+//!   writes all-or-none) as one API call; see [`composite`].
 
+pub mod composite;
 pub mod soql;
+
+pub use composite::{CompositeReply, CompositeRequest, composite_failure};
 
 use std::sync::{Arc, Mutex};
 
@@ -413,7 +418,7 @@ impl SalesforceClient {
     }
 
     /// Sends any request (paths from [`SalesforceClient::data_path`]) and records the API
-    /// usage the reply reports. For resources this client has no method for (composite).
+    /// usage the reply reports. For resources this client has no method for.
     pub async fn send(&self, request: Request) -> Result<Reply, ConnectorError> {
         let reply = self.upstream.send(request).await?;
         if let Some((used, limit)) = reply.header("sforce-limit-info").and_then(parse_limit_info) {

@@ -6,9 +6,10 @@
 //!
 //! Resources: the versions list and resource directory, sObject create / retrieve / update /
 //! delete, get / upsert / delete by External ID, describe and describeGlobal, `updated` and
-//! `deleted`, `query` / `queryAll` with cursors (`nextRecordsUrl`), `limits`, and sObject
-//! Collections (`composite/sobjects`). sObject Rows honour conditional request headers
-//! ([`conditional`]). Errors are Salesforce's `[{"message","errorCode",
+//! `deleted`, `query` / `queryAll` with cursors (`nextRecordsUrl`), `limits`, sObject
+//! Collections (`composite/sobjects`), and Composite (`composite`: up to 25 subrequests
+//! with `@{ref.path}` references and `allOrNone` rollback, see [`composite`]). sObject
+//! Rows honour conditional request headers ([`conditional`]). Errors are Salesforce's `[{"message","errorCode",
 //! "fields"}]` arrays with its codes and wording (`shared/reference/crm-apis.md` part B).
 //!
 //! Bearer tokens, the daily API allocation, `Sforce-Limit-Info` and injected faults are
@@ -17,6 +18,7 @@
 //! `/services/data/vXX.X/sobjects/Opportunity/{id}` (the object name is kept — it is part
 //! of the API surface, not an id — but unknown names become `{sobject}`).
 
+pub mod composite;
 pub mod conditional;
 pub mod ids;
 pub mod schema;
@@ -25,7 +27,8 @@ pub mod store;
 pub mod write;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
@@ -85,6 +88,26 @@ struct Data {
 pub struct State {
     schema: Schema,
     data: Mutex<Data>,
+    /// Isolation for Composite requests: every other access to the org holds this shared
+    /// while a composite holds it exclusively, so no other call sees (or writes between)
+    /// its uncommitted subrequests, and rolling it back undoes only its own changes. The
+    /// handlers keep locking `data` per step, so a composite can run its subrequests
+    /// through the very handlers of the standalone endpoints.
+    transaction: RwLock<()>,
+}
+
+impl State {
+    fn shared(&self) -> RwLockReadGuard<'_, ()> {
+        self.transaction
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        self.transaction
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl State {
@@ -98,6 +121,7 @@ impl State {
                 store,
                 cursors: Cursors::default(),
             }),
+            transaction: RwLock::new(()),
         })
     }
 
@@ -108,6 +132,7 @@ impl State {
 
     /// Forgets all records and cursors.
     pub fn reset(&self) {
+        let _shared = self.shared();
         let mut data = lock(&self.data);
         data.store = Store::new(&self.schema);
         data.cursors = Cursors::default();
@@ -115,12 +140,15 @@ impl State {
 
     /// Records as JSON for `--data`: `{"Opportunity": [{field: value, …}], …}`.
     pub fn snapshot(&self) -> Value {
+        // Shared: a snapshot saved to disk must not contain a composite's uncommitted writes.
+        let _shared = self.shared();
         lock(&self.data).store.snapshot(&self.schema)
     }
 
     /// Inverse of [`State::snapshot`]; `Null` empties the org.
     pub fn restore(&self, value: Value) -> anyhow::Result<()> {
         let store = Store::restore(&self.schema, &value)?;
+        let _shared = self.shared();
         let mut data = lock(&self.data);
         data.store = store;
         data.cursors = Cursors::default();
@@ -161,6 +189,7 @@ impl State {
             return;
         };
         let now = sandbox.now_datetime();
+        let shared = self.shared();
         let mut data = lock(&self.data);
         let store = &mut data.store;
         let name_field = schema.objects[account].must("Name");
@@ -270,6 +299,7 @@ impl State {
             }
         }
         drop(data);
+        drop(shared);
         sandbox.changed();
     }
 }
@@ -293,9 +323,20 @@ struct Call<'a> {
     params: Vec<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
+    /// Inside a composite request: where changes are noted instead of announced, so that
+    /// nothing (persistence included) learns of writes that may yet be rolled back.
+    changes: Option<&'a AtomicBool>,
 }
 
 impl Call<'_> {
+    /// Announces that records changed (now, or at the composite's commit).
+    fn changed(&self) {
+        match self.changes {
+            Some(flag) => flag.store(true, Ordering::Relaxed),
+            None => self.sandbox.changed(),
+        }
+    }
+
     fn param(&self, name: &str) -> Option<&str> {
         self.params
             .iter()
@@ -417,9 +458,16 @@ async fn dispatch(
         params,
         headers,
         body,
+        changes: None,
     };
     let tail: Vec<&str> = segments[1..].iter().map(String::as_str).collect();
-    let (response, template) = route(&call, &tail);
+    let (response, template) = if tail == ["composite"] {
+        // Takes the gate exclusively itself.
+        (composite::handle(&call), "/composite".to_owned())
+    } else {
+        let _shared = call.state().shared();
+        route(&call, &tail)
+    };
     with_endpoint(response, format!("/services/data/vXX.X{template}"))
 }
 
@@ -484,6 +532,9 @@ fn route(call: &Call<'_>, tail: &[&str]) -> (Response, String) {
             format!("/{resource}/{{locator}}"),
         ),
         ["composite", "sobjects"] => (collections(call), "/composite/sobjects".into()),
+        // Reached only from inside a composite (dispatch sends `/composite` straight to
+        // it): a composite cannot nest another.
+        ["composite"] => (composite::nested(), "/composite".into()),
         ["sobjects", type_name, rest @ ..] => {
             let Some(object) = call.state().schema.object(type_name) else {
                 return (not_found(), "/sobjects/{sobject}".into());
@@ -580,7 +631,7 @@ fn create(call: &Call<'_>, object: usize) -> Response {
                 .id(&schema.objects[object])
                 .to_owned();
             drop(data);
-            call.sandbox.changed();
+            call.changed();
             let mut response = ordered_response(
                 StatusCode::CREATED,
                 &Ordered(vec![
@@ -690,7 +741,7 @@ fn update(
     )
     .map_err(|error| sf_errors(StatusCode::BAD_REQUEST, &error))?;
     drop(data);
-    call.sandbox.changed();
+    call.changed();
     Ok(())
 }
 
@@ -707,7 +758,7 @@ fn remove(call: &Call<'_>, object: usize, row: u32, conditions: &Conditions) -> 
     }
     write::delete(&state.schema, &mut data.store, object, row, &now);
     drop(data);
-    call.sandbox.changed();
+    call.changed();
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -906,7 +957,7 @@ fn upsert(call: &Call<'_>, object: usize, field: usize, value: &str, row: Option
                         .id(obj)
                         .to_owned();
                     drop(data);
-                    call.sandbox.changed();
+                    call.changed();
                     ordered_response(
                         StatusCode::CREATED,
                         &save_result(&id, modern.then_some(true)),
@@ -979,7 +1030,7 @@ fn save_collection(call: &Call<'_>, creating: bool) -> Response {
     }
     drop(data);
     if !rolled_back && results.iter().any(Result::is_ok) {
-        call.sandbox.changed();
+        call.changed();
     }
     let rolled = SfError::new(
         "ALL_OR_NONE_OPERATION_ROLLED_BACK",
@@ -1118,7 +1169,7 @@ fn delete_collection(call: &Call<'_>) -> Response {
         .collect();
     drop(data);
     if changed {
-        call.sandbox.changed();
+        call.changed();
     }
     json_response(StatusCode::OK, &Value::Array(out))
 }

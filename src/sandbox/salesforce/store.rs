@@ -85,6 +85,17 @@ impl Record {
     }
 }
 
+/// One change to a table, recorded while a transaction is open so it can be undone.
+#[derive(Debug)]
+enum Change {
+    /// A record was appended.
+    Pushed,
+    /// The record in this row was replaced; this is how it was.
+    Replaced(u32, Record),
+    /// The last record was removed; this is it.
+    Popped(Record),
+}
+
 /// The records of one object with their id and external-id indexes.
 #[derive(Debug, Default)]
 pub struct Table {
@@ -93,6 +104,10 @@ pub struct Table {
     by_id: HashMap<Arc<str>, u32>,
     /// Lower-cased values of External ID and unique fields → live rows holding them.
     keys: HashMap<usize, HashMap<String, Vec<u32>>>,
+    /// Changes since [`Store::begin`], oldest first; `None` outside a transaction. Kept
+    /// here, at the only three places records change, so every write path (creates,
+    /// updates, cascades, timestamps) is covered without each having to log its own undo.
+    journal: Option<Vec<Change>>,
 }
 
 impl Table {
@@ -117,6 +132,9 @@ impl Table {
         }
         self.records.push(record);
         self.index(object, row, true);
+        if let Some(journal) = &mut self.journal {
+            journal.push(Change::Pushed);
+        }
         row
     }
 
@@ -129,6 +147,9 @@ impl Table {
         self.index(object, row, false);
         if let Some(record) = self.records.pop() {
             self.by_id.remove(record.id(object));
+            if let Some(journal) = &mut self.journal {
+                journal.push(Change::Popped(record));
+            }
         }
     }
 
@@ -136,9 +157,29 @@ impl Table {
     pub fn replace(&mut self, object: &Object, row: u32, record: Record) {
         self.index(object, row, false);
         if let Some(slot) = self.records.get_mut(row as usize) {
-            *slot = record;
+            let previous = std::mem::replace(slot, record);
+            if let Some(journal) = &mut self.journal {
+                journal.push(Change::Replaced(row, previous));
+            }
         }
         self.index(object, row, true);
+    }
+
+    /// Undoes the journal, newest change first, and closes it.
+    fn undo(&mut self, object: &Object) {
+        // Taken first so the undoing itself is not journaled.
+        let Some(journal) = self.journal.take() else {
+            return;
+        };
+        for change in journal.into_iter().rev() {
+            match change {
+                Change::Pushed => self.pop(object),
+                Change::Replaced(row, previous) => self.replace(object, row, previous),
+                Change::Popped(record) => {
+                    self.push(object, record);
+                }
+            }
+        }
     }
 
     /// Adds (`add`) or removes a live row's key values to or from the indexes.
@@ -197,6 +238,32 @@ impl Store {
             }
             // Restored records with ids the sandbox did not make can occupy a number.
             number += 1;
+        }
+    }
+
+    /// Opens a transaction: from now on every change is journaled until
+    /// [`Store::commit`] keeps or [`Store::roll_back`] undoes them. Callers hold the data
+    /// lock or the composite gate for its whole length: nothing else may write meanwhile,
+    /// or rolling back would also undo that.
+    pub fn begin(&mut self) {
+        for table in &mut self.tables {
+            table.journal = Some(Vec::new());
+        }
+    }
+
+    /// Keeps the changes since [`Store::begin`] and closes the transaction.
+    pub fn commit(&mut self) {
+        for table in &mut self.tables {
+            table.journal = None;
+        }
+    }
+
+    /// Undoes every change since [`Store::begin`] (records, indexes, timestamps — the
+    /// tables are as they were) and closes the transaction. Without an open transaction
+    /// (e.g. the store was replaced by a reset meanwhile) it does nothing.
+    pub fn roll_back(&mut self, schema: &Schema) {
+        for (object, table) in schema.objects.iter().zip(&mut self.tables) {
+            table.undo(object);
         }
     }
 
