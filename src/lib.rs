@@ -11,6 +11,8 @@
 //! - [`server`]: the HTTP server: verified Partner Center webhooks in, health and metrics out.
 //! - [`store`]: the durable state store (links, cursors, inbox, dead letters, audit log).
 //! - [`cli`]: the `cosell` command.
+//! - [`multipart`]: the `multipart/mixed` codec of OData `$batch`, shared by the Dataverse
+//!   client and the sandbox.
 //!
 //! Compiling a mapping once and mapping a referral with it:
 //!
@@ -59,6 +61,7 @@ pub mod connectors;
 pub mod engine;
 pub mod load;
 pub mod mapping;
+pub mod multipart;
 pub mod sandbox;
 pub mod server;
 pub mod store;

@@ -19,7 +19,12 @@
 //! - currencies by ISO code, cached per client ([`DataverseClient::currency_id`]);
 //! - change polling by `modifiedon` ([`DataverseClient::changes_since`]) and change tracking
 //!   with delta links where the table has it ([`DataverseClient::track_changes`]), which
-//!   says [`ChangeTrackingError::NotEnabled`] when the engine must fall back to polling.
+//!   says [`ChangeTrackingError::NotEnabled`] when the engine must fall back to polling;
+//! - several queries and atomic change sets in one `$batch` call
+//!   ([`DataverseClient::batch`]): queries built exactly like [`DataverseClient::query`]'s,
+//!   writes like the single-row calls, later writes naming earlier ones as `$n`
+//!   ([`batch_ref`]), and each inner failure convertible into the error the single call
+//!   would have returned ([`BatchResponse::error`]).
 //!
 //! Values that end up in URLs (entity set names, column names, ids, key values, filter
 //! literals) are checked or escaped here, so data can never change the shape of a request.
@@ -38,6 +43,7 @@ use super::http::{CallStats, Reply, Request, Upstream, UpstreamOptions, http_cli
 use super::{ConnectorError, Secret, SecretEnv, lock, require_https, resolve_secret, resolve_text};
 use crate::config::model::{Budget, CrmConnection};
 use crate::mapping::transforms::datetime::DateTime;
+use crate::multipart;
 
 /// The API name in errors, logs and metrics.
 const API: &str = "dataverse";
@@ -404,6 +410,329 @@ pub enum ChangeTrackingError {
     /// Any other failure.
     #[error(transparent)]
     Connector(#[from] ConnectorError),
+}
+
+/// `$n`: the URL of the row the change set request with `Content-ID: n` wrote, for an
+/// `@odata.bind` value (`"parentcustomerid_account@odata.bind": batch_ref(1)`). Valid only
+/// in a later request of the same change set.
+pub fn batch_ref(content_id: u32) -> String {
+    format!("${content_id}")
+}
+
+/// The row a change set request addresses.
+#[derive(Debug, Clone, PartialEq)]
+enum BatchTarget {
+    /// `POST /<set>`.
+    Set(String),
+    /// `/<set>(<guid>)`.
+    Id(String, String),
+    /// `/<set>(<alternate key>)`.
+    Key(String, AlternateKey),
+    /// `$n`: the row an earlier request of the change set wrote.
+    Reference(u32),
+}
+
+/// A write inside a `$batch` change set: built with [`BatchRequest::create`],
+/// [`BatchRequest::upsert`], [`BatchRequest::update`], [`BatchRequest::update_reference`] or
+/// [`BatchRequest::delete`], then adjusted with the builder methods. Names, ids and key
+/// values are checked and escaped exactly as the single-row calls do, when the batch is
+/// sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchRequest {
+    method: reqwest::Method,
+    operation: &'static str,
+    target: BatchTarget,
+    content_id: Option<u32>,
+    if_match: Option<String>,
+    if_none_match: Option<String>,
+    prefer: Option<String>,
+    select: Vec<String>,
+    body: Option<Map<String, Value>>,
+}
+
+impl BatchRequest {
+    fn new(
+        method: reqwest::Method,
+        operation: &'static str,
+        target: BatchTarget,
+        body: Option<Map<String, Value>>,
+    ) -> BatchRequest {
+        BatchRequest {
+            method,
+            operation,
+            target,
+            content_id: None,
+            if_match: None,
+            if_none_match: None,
+            prefer: None,
+            select: Vec::new(),
+            body,
+        }
+    }
+
+    /// `POST /<entity_set>`: creates a row (like [`DataverseClient::create`]). Its answer
+    /// carries the new id in `OData-EntityId`.
+    pub fn create(entity_set: &str, fields: Map<String, Value>) -> BatchRequest {
+        BatchRequest::new(
+            reqwest::Method::POST,
+            "create_row",
+            BatchTarget::Set(entity_set.to_owned()),
+            Some(fields),
+        )
+    }
+
+    /// `PATCH /<entity_set>(<key>)` without `If-Match`: creates or updates the row with
+    /// that alternate key (like [`DataverseClient::upsert`]). Add
+    /// [`BatchRequest::if_none_match`]`("*")` for create-only, [`BatchRequest::if_match`]
+    /// for update-only.
+    pub fn upsert(
+        entity_set: &str,
+        key: &AlternateKey,
+        fields: Map<String, Value>,
+    ) -> BatchRequest {
+        BatchRequest::new(
+            reqwest::Method::PATCH,
+            "upsert_row",
+            BatchTarget::Key(entity_set.to_owned(), key.clone()),
+            Some(fields),
+        )
+    }
+
+    /// `PATCH /<entity_set>(<id>)` with `If-Match: *` (replace it with the row's eTag
+    /// through [`BatchRequest::if_match`]): updates an existing row and never creates one,
+    /// like [`DataverseClient::update`].
+    pub fn update(entity_set: &str, id: &str, fields: Map<String, Value>) -> BatchRequest {
+        let mut request = BatchRequest::new(
+            reqwest::Method::PATCH,
+            "update_row",
+            BatchTarget::Id(entity_set.to_owned(), id.to_owned()),
+            Some(fields),
+        );
+        request.if_match = Some("*".to_owned());
+        request
+    }
+
+    /// `PATCH $n` with `If-Match: *`: updates the row an earlier request of the same change
+    /// set wrote.
+    pub fn update_reference(content_id: u32, fields: Map<String, Value>) -> BatchRequest {
+        let mut request = BatchRequest::new(
+            reqwest::Method::PATCH,
+            "update_row",
+            BatchTarget::Reference(content_id),
+            Some(fields),
+        );
+        request.if_match = Some("*".to_owned());
+        request
+    }
+
+    /// `DELETE /<entity_set>(<id>)` (like [`DataverseClient::delete`], but a missing row
+    /// is a 404 failure that rolls the change set back).
+    pub fn delete(entity_set: &str, id: &str) -> BatchRequest {
+        BatchRequest::new(
+            reqwest::Method::DELETE,
+            "delete_row",
+            BatchTarget::Id(entity_set.to_owned(), id.to_owned()),
+            None,
+        )
+    }
+
+    /// Sets the `Content-ID` that later requests of the change set use as `$n`
+    /// ([`batch_ref`]). Requests without one get the smallest number no other request of
+    /// the batch uses; ids must be unique within the batch.
+    pub fn content_id(mut self, content_id: u32) -> BatchRequest {
+        self.content_id = Some(content_id);
+        self
+    }
+
+    /// `If-Match`: the row's eTag (412 when it changed) or `*` (404 when it is missing).
+    pub fn if_match(mut self, tag: &str) -> BatchRequest {
+        self.if_match = Some(tag.to_owned());
+        self
+    }
+
+    /// `If-None-Match: *`: create only (412 when the row exists).
+    pub fn if_none_match(mut self, tag: &str) -> BatchRequest {
+        self.if_none_match = Some(tag.to_owned());
+        self
+    }
+
+    /// `Prefer: return=representation` with `$select` columns (all when empty): the answer
+    /// is the row as stored (201 created, 200 updated) in [`BatchResponse::row`].
+    pub fn return_representation(mut self, select: &[&str]) -> BatchRequest {
+        self.prefer = Some("return=representation".to_owned());
+        self.select = select.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+
+    /// The `Content-ID` set with [`BatchRequest::content_id`], if any.
+    pub fn get_content_id(&self) -> Option<u32> {
+        self.content_id
+    }
+}
+
+/// One top-level part of a `$batch`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchPart {
+    /// A query (a `GET` outside any change set), built exactly like
+    /// [`DataverseClient::query`]'s first page. Its answer holds that page's rows.
+    Query {
+        /// The entity set.
+        entity_set: String,
+        /// What to read.
+        options: QueryOptions,
+    },
+    /// Writes applied atomically: all or none.
+    ChangeSet(Vec<BatchRequest>),
+}
+
+impl BatchPart {
+    /// A [`BatchPart::Query`].
+    pub fn query(entity_set: &str, options: QueryOptions) -> BatchPart {
+        BatchPart::Query {
+            entity_set: entity_set.to_owned(),
+            options,
+        }
+    }
+}
+
+/// How the service runs a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchOptions {
+    /// `Prefer: odata.continue-on-error`: run every part even after one fails (each
+    /// change set stays atomic). Without it the service stops at the first failure and
+    /// the requests after it are answered [`StatusCode::FAILED_DEPENDENCY`] here.
+    pub continue_on_error: bool,
+}
+
+/// The answer to one inner request of a `$batch`, in the order the requests were given
+/// (each query, then each request of each change set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchResponse {
+    /// The inner response's status. `424 Failed Dependency` when the service did not
+    /// answer this request (its change set was rolled back because another of its
+    /// requests failed, or the batch stopped at an earlier failure); this is how OData
+    /// 4.01 JSON batches report such requests, set by the client because multipart
+    /// answers simply leave them out. See [`BatchResponse::answered`].
+    pub status: StatusCode,
+    /// Whether the service answered this request itself.
+    pub answered: bool,
+    /// The request's `Content-ID` (change set requests).
+    pub content_id: Option<u32>,
+    /// The row's GUID: from `OData-EntityId` (creates, updates by id), else from the
+    /// returned row. An upsert by alternate key answers with the key's URL, so its id is
+    /// known only with [`BatchRequest::return_representation`].
+    pub entity_id: Option<String>,
+    /// `OData-EntityId` as sent.
+    pub entity_url: Option<String>,
+    /// The inner response's headers.
+    pub headers: Vec<(String, String)>,
+    /// The body as JSON, when there is one (an error body, a returned row, a page).
+    pub body: Option<Value>,
+    /// The row returned with [`BatchRequest::return_representation`].
+    pub row: Option<Row>,
+    /// A query's rows (its first page).
+    pub rows: Vec<Row>,
+    /// A query's `@odata.nextLink`, when more rows remain.
+    pub next_link: Option<String>,
+    operation: &'static str,
+}
+
+impl BatchResponse {
+    /// The single-call operation this request stands for (`create_row`, `upsert_row`,
+    /// `query_rows`, …), as errors and metrics name it.
+    pub fn operation(&self) -> &'static str {
+        self.operation
+    }
+
+    /// A header of the inner response (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the request succeeded (2xx).
+    pub fn is_success(&self) -> bool {
+        self.status.is_success()
+    }
+
+    /// The error the same request sent alone would have produced: 404 →
+    /// [`ConnectorError::NotFound`], 412 (stale eTag, duplicate alternate key,
+    /// `If-None-Match: *` on an existing row) → [`ConnectorError::PreconditionFailed`],
+    /// 429 and 5xx → [`ConnectorError::RetriesExhausted`] (transient: try again later;
+    /// inner requests are never retried one by one), anything else →
+    /// [`ConnectorError::Status`] with the service's code and message. `None` on success.
+    pub fn error(&self) -> Option<ConnectorError> {
+        if self.status.is_success() {
+            return None;
+        }
+        let (code, message) = match &self.body {
+            Some(body) => super::http::service_error(body.to_string().as_bytes()),
+            None => (None, String::new()),
+        };
+        let operation = self.operation;
+        Some(match self.status.as_u16() {
+            404 => ConnectorError::NotFound {
+                api: API,
+                operation,
+                code,
+                message,
+            },
+            412 => ConnectorError::PreconditionFailed {
+                api: API,
+                operation,
+            },
+            status @ (429 | 500..=599) => ConnectorError::RetriesExhausted {
+                api: API,
+                operation,
+                attempts: 1,
+                last: format!("HTTP {status} inside a $batch: {message}"),
+            },
+            status => ConnectorError::Status {
+                api: API,
+                operation,
+                status,
+                code,
+                message,
+            },
+        })
+    }
+
+    /// `Ok(self)` on success, else [`BatchResponse::error`].
+    pub fn into_result(self) -> Result<BatchResponse, ConnectorError> {
+        match self.error() {
+            Some(error) => Err(error),
+            None => Ok(self),
+        }
+    }
+
+    fn unanswered(operation: &'static str, content_id: Option<u32>, why: String) -> BatchResponse {
+        BatchResponse {
+            status: StatusCode::FAILED_DEPENDENCY,
+            answered: false,
+            content_id,
+            entity_id: None,
+            entity_url: None,
+            headers: Vec::new(),
+            body: Some(serde_json::json!({ "error": { "code": "", "message": why } })),
+            row: None,
+            rows: Vec::new(),
+            next_link: None,
+            operation,
+        }
+    }
+}
+
+/// The first failure among batch answers, as the single call would have reported it:
+/// requests the service answered come first (a rolled-back request's 424 only echoes the
+/// failure that caused it).
+pub fn batch_failure(responses: &[BatchResponse]) -> Option<ConnectorError> {
+    responses
+        .iter()
+        .filter(|r| r.answered)
+        .find_map(BatchResponse::error)
+        .or_else(|| responses.iter().find_map(BatchResponse::error))
 }
 
 #[derive(Debug)]
@@ -1058,6 +1387,486 @@ impl DataverseClient {
             page = parse_page(&reply, "track_changes")?;
         }
     }
+    /// Sends `parts` as one `$batch` call (one HTTP request, one unit of the budget): each
+    /// [`BatchPart::Query`] as a `GET`, each [`BatchPart::ChangeSet`] as an atomic change
+    /// set. Returns one [`BatchResponse`] per inner request, in order; a failed inner
+    /// request is an answer, not an `Err` (see [`BatchResponse::error`] and
+    /// [`batch_failure`]). `Err` means the batch as a whole failed: refused before it ran
+    /// (auth, throttling after retries, a malformed batch) or unreadable.
+    ///
+    /// Without `Prefer: odata.continue-on-error` the service stops at the first failing
+    /// request or change set; see [`DataverseClient::batch_with`]. A batch that creates a
+    /// row is not retried after a transport failure that may have reached the service
+    /// (like [`DataverseClient::create`]), nor is one that deletes.
+    ///
+    /// Limits: at most [`MAX_BATCH_REQUESTS`] requests. Dataverse counts the batch as one
+    /// request toward the service protection request count ("will avoid the number of
+    /// requests limit", api-limits.md), but the inner requests' execution time counts in
+    /// full toward the execution-time limit, and each inner operation is believed to count
+    /// toward the Power Platform request entitlement (UNCERTAIN: secondary sources only).
+    pub async fn batch(&self, parts: Vec<BatchPart>) -> Result<Vec<BatchResponse>, ConnectorError> {
+        self.batch_with(parts, BatchOptions::default()).await
+    }
+
+    /// [`DataverseClient::batch`] with [`BatchOptions`].
+    pub async fn batch_with(
+        &self,
+        parts: Vec<BatchPart>,
+        options: BatchOptions,
+    ) -> Result<Vec<BatchResponse>, ConnectorError> {
+        if parts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let total: usize = parts
+            .iter()
+            .map(|part| match part {
+                BatchPart::Query { .. } => 1,
+                BatchPart::ChangeSet(requests) => requests.len(),
+            })
+            .sum();
+        if total > MAX_BATCH_REQUESTS {
+            return Err(invalid(format!(
+                "a $batch holds at most {MAX_BATCH_REQUESTS} requests, not {total}"
+            )));
+        }
+        // Content-IDs: explicit ones must be unique; the others get the smallest free
+        // numbers, so every change set request can be matched to its answer.
+        let mut used = std::collections::HashSet::new();
+        for part in &parts {
+            if let BatchPart::ChangeSet(requests) = part {
+                for id in requests.iter().filter_map(|r| r.content_id) {
+                    if !used.insert(id) {
+                        return Err(invalid(format!(
+                            "Content-ID {id} is used twice in one $batch"
+                        )));
+                    }
+                }
+            }
+        }
+        let mut next_free = 1u32;
+        let mut take_free = || {
+            while used.contains(&next_free) {
+                next_free += 1;
+            }
+            used.insert(next_free);
+            next_free
+        };
+
+        let base = self.inner.upstream.base_url().await?;
+        let mut written = Vec::with_capacity(parts.len());
+        let mut expected = Vec::with_capacity(parts.len());
+        let mut idempotent = true;
+        for part in &parts {
+            match part {
+                BatchPart::Query {
+                    entity_set,
+                    options,
+                } => {
+                    let (request, _) = self.first_query_request(entity_set, options)?;
+                    let mut headers = vec![("Accept".to_owned(), "application/json".to_owned())];
+                    headers.extend(header_pairs(&request));
+                    let message = multipart::HttpMessage {
+                        start_line: format!("GET {base}{} HTTP/1.1", request.path_and_query()),
+                        headers,
+                        body: Vec::new(),
+                    };
+                    written.push(http_part(None, &message));
+                    expected.push(ExpectedPart::Query(Expected {
+                        operation: "query_rows",
+                        entity_set: Some(entity_set.clone()),
+                        content_id: None,
+                        query: true,
+                    }));
+                }
+                BatchPart::ChangeSet(requests) => {
+                    if requests.is_empty() {
+                        return Err(invalid("a $batch change set needs at least one request"));
+                    }
+                    let mut members = Vec::with_capacity(requests.len());
+                    let mut sets: HashMap<u32, Option<String>> = HashMap::new();
+                    let mut expected_members = Vec::with_capacity(requests.len());
+                    for request in requests {
+                        let content_id = request.content_id.unwrap_or_else(&mut take_free);
+                        // A repeated create duplicates the row; a repeated delete fails
+                        // with 404 and rolls back the repeat, reporting an error for work
+                        // that was done. Upserts and conditional updates are safe to repeat.
+                        if matches!(
+                            request.method,
+                            reqwest::Method::POST | reqwest::Method::DELETE
+                        ) {
+                            idempotent = false;
+                        }
+                        let (path, entity_set) = match &request.target {
+                            BatchTarget::Set(set) => {
+                                let set = check_name("entity set", set)?;
+                                (format!("/{set}"), Some(set.to_owned()))
+                            }
+                            BatchTarget::Id(set, id) => {
+                                let set = check_name("entity set", set)?;
+                                (format!("/{set}({})", check_guid(id)?), Some(set.to_owned()))
+                            }
+                            BatchTarget::Key(set, key) => {
+                                let set = check_name("entity set", set)?;
+                                (format!("/{set}({})", key.segment()?), Some(set.to_owned()))
+                            }
+                            BatchTarget::Reference(n) => {
+                                // Only rows written earlier in the same change set can be named.
+                                let Some(set) = sets.get(n) else {
+                                    return Err(invalid(format!(
+                                        "${n} names no earlier request of the same change set"
+                                    )));
+                                };
+                                (format!("${n}"), set.clone())
+                            }
+                        };
+                        let select: Vec<&str> = request.select.iter().map(String::as_str).collect();
+                        let inner = with_select(
+                            Request::new(request.operation, request.method.clone(), path),
+                            &select,
+                        )?;
+                        let url = match &request.target {
+                            BatchTarget::Reference(_) => inner.path_and_query(),
+                            _ => format!("{base}{}", inner.path_and_query()),
+                        };
+                        let mut headers = Vec::new();
+                        let mut body = Vec::new();
+                        if let Some(fields) = &request.body {
+                            headers
+                                .push(("Content-Type".to_owned(), "application/json".to_owned()));
+                            body = serde_json::to_vec(fields).unwrap_or_default();
+                        }
+                        for (name, value) in [
+                            ("If-Match", &request.if_match),
+                            ("If-None-Match", &request.if_none_match),
+                            ("Prefer", &request.prefer),
+                        ] {
+                            if let Some(value) = value {
+                                check_header_value(value)?;
+                                headers.push((name.to_owned(), value.clone()));
+                            }
+                        }
+                        let message = multipart::HttpMessage {
+                            start_line: format!("{} {url} HTTP/1.1", request.method),
+                            headers,
+                            body,
+                        };
+                        members.push(http_part(Some(content_id), &message));
+                        sets.insert(content_id, entity_set.clone());
+                        expected_members.push(Expected {
+                            operation: request.operation,
+                            entity_set,
+                            content_id: Some(content_id),
+                            query: false,
+                        });
+                    }
+                    let boundary = fresh_boundary("changeset", &members);
+                    written.push(multipart::Part {
+                        headers: vec![(
+                            "Content-Type".to_owned(),
+                            format!("multipart/mixed; boundary={boundary}"),
+                        )],
+                        body: multipart::write(&boundary, &members),
+                    });
+                    expected.push(ExpectedPart::ChangeSet(expected_members));
+                }
+            }
+        }
+        let boundary = fresh_boundary("batch", &written);
+        let mut request = odata(Request::post("batch", "/$batch"))
+            .bytes(
+                &format!("multipart/mixed; boundary={boundary}"),
+                multipart::write(&boundary, &written),
+            )
+            .idempotent(idempotent)
+            .multipart_answers();
+        if options.continue_on_error {
+            request = request.header("prefer", "odata.continue-on-error");
+        }
+        let reply = self.inner.upstream.send(request).await?;
+        read_batch_reply(&reply, expected)
+    }
+}
+
+/// Most requests one `$batch` may hold (crm-apis.md A6, Microsoft's batch page).
+pub const MAX_BATCH_REQUESTS: usize = 1000;
+
+/// What the client expects back for one request it wrote.
+struct Expected {
+    operation: &'static str,
+    entity_set: Option<String>,
+    content_id: Option<u32>,
+    query: bool,
+}
+
+enum ExpectedPart {
+    Query(Expected),
+    ChangeSet(Vec<Expected>),
+}
+
+/// The headers of a built request as text pairs.
+fn header_pairs(request: &Request) -> Vec<(String, String)> {
+    request
+        .headers()
+        .iter()
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect()
+}
+
+/// Header values written into a batch body must not break its lines.
+fn check_header_value(value: &str) -> Result<(), ConnectorError> {
+    if value.chars().any(|c| c.is_control()) {
+        return Err(invalid(
+            "a $batch header value contains a control character",
+        ));
+    }
+    Ok(())
+}
+
+fn http_part(content_id: Option<u32>, message: &multipart::HttpMessage) -> multipart::Part {
+    let mut headers = vec![
+        ("Content-Type".to_owned(), "application/http".to_owned()),
+        ("Content-Transfer-Encoding".to_owned(), "binary".to_owned()),
+    ];
+    if let Some(id) = content_id {
+        headers.push(("Content-ID".to_owned(), id.to_string()));
+    }
+    multipart::Part {
+        headers,
+        body: message.to_bytes(),
+    }
+}
+
+/// `<prefix>_<unique>`: unique per process and absent from every part (a boundary must
+/// not occur in the content it separates).
+fn fresh_boundary(prefix: &str, parts: &[multipart::Part]) -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    loop {
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let candidate = format!("{prefix}_{nanos:x}-{n:x}");
+        let needle = candidate.as_bytes();
+        let clash = parts.iter().any(|part| {
+            part.body.windows(needle.len()).any(|w| w == needle)
+                || part.headers.iter().any(|(_, v)| v.contains(&candidate))
+        });
+        if !clash {
+            return candidate;
+        }
+    }
+}
+
+fn read_batch_reply(
+    reply: &Reply,
+    expected: Vec<ExpectedPart>,
+) -> Result<Vec<BatchResponse>, ConnectorError> {
+    let content_type = reply.header("content-type").unwrap_or("");
+    let boundary = multipart::boundary(content_type).ok_or_else(|| {
+        decode_error(
+            "batch",
+            format!("the $batch answer is not multipart/mixed but '{content_type}'"),
+        )
+    })?;
+    let parts = multipart::parse(&reply.body, &boundary).map_err(|m| decode_error("batch", m))?;
+    let mut answers = parts.into_iter();
+    let mut out = Vec::new();
+    let stopped = "not run: the batch stopped at an earlier failure";
+    for part in expected {
+        match part {
+            ExpectedPart::Query(expected) => match answers.next() {
+                None => out.push(BatchResponse::unanswered(
+                    expected.operation,
+                    None,
+                    stopped.to_owned(),
+                )),
+                Some(answer) if answer.media_type().as_deref() == Some("application/http") => {
+                    out.push(read_answer(&answer, &expected)?);
+                }
+                Some(_) => {
+                    return Err(decode_error(
+                        "batch",
+                        "a query was answered with a change set response",
+                    ));
+                }
+            },
+            ExpectedPart::ChangeSet(members) => {
+                let Some(answer) = answers.next() else {
+                    for member in &members {
+                        out.push(BatchResponse::unanswered(
+                            member.operation,
+                            member.content_id,
+                            stopped.to_owned(),
+                        ));
+                    }
+                    continue;
+                };
+                out.extend(read_change_set(&answer, &members)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The answers of one change set. A successful one answers every request (matched by
+/// Content-ID); a failed one only the request that failed, and the others were rolled
+/// back. A failure answered without a Content-ID (as OData 4.0 also allows, as one
+/// `application/http` part for the whole change set) is reported for every request.
+fn read_change_set(
+    answer: &multipart::Part,
+    members: &[Expected],
+) -> Result<Vec<BatchResponse>, ConnectorError> {
+    let media = answer.media_type().unwrap_or_default();
+    let nested = match media.as_str() {
+        "multipart/mixed" => {
+            let boundary = multipart::boundary(answer.header("content-type").unwrap_or(""))
+                .ok_or_else(|| decode_error("batch", "a change set response has no boundary"))?;
+            multipart::parse(&answer.body, &boundary).map_err(|m| decode_error("batch", m))?
+        }
+        "application/http" => vec![answer.clone()],
+        other => {
+            return Err(decode_error(
+                "batch",
+                format!("unexpected change set response type '{other}'"),
+            ));
+        }
+    };
+    let mut by_id: HashMap<u32, multipart::Part> = HashMap::new();
+    let mut anonymous = Vec::new();
+    for part in nested {
+        match part
+            .header("content-id")
+            .and_then(|id| id.parse::<u32>().ok())
+        {
+            Some(id) => {
+                by_id.insert(id, part);
+            }
+            None => anonymous.push(part),
+        }
+    }
+    if by_id.is_empty() && anonymous.len() == members.len() {
+        // No Content-IDs echoed: the answers are in request order.
+        return members
+            .iter()
+            .zip(&anonymous)
+            .map(|(member, part)| read_answer(part, member))
+            .collect();
+    }
+    let mut out = Vec::with_capacity(members.len());
+    let mut failed: Option<(Option<u32>, StatusCode)> = None;
+    for member in members {
+        let part = member.content_id.and_then(|id| by_id.remove(&id));
+        match part {
+            Some(part) => {
+                let response = read_answer(&part, member)?;
+                if !response.is_success() {
+                    failed = Some((member.content_id, response.status));
+                }
+                out.push(response);
+            }
+            None => match anonymous.first() {
+                Some(part) => out.push(read_answer(part, member)?),
+                None => out.push(BatchResponse::unanswered(
+                    member.operation,
+                    member.content_id,
+                    String::new(),
+                )),
+            },
+        }
+    }
+    // Explain the requests the service left out.
+    let why = match failed {
+        Some((Some(id), status)) => format!(
+            "not applied: the change set was rolled back because request ${id} failed (HTTP {})",
+            status.as_u16()
+        ),
+        _ => "not applied: the change set was rolled back".to_owned(),
+    };
+    for response in &mut out {
+        if !response.answered {
+            response.body = Some(serde_json::json!({ "error": { "code": "", "message": why } }));
+        }
+    }
+    Ok(out)
+}
+
+/// One inner response.
+fn read_answer(
+    part: &multipart::Part,
+    expected: &Expected,
+) -> Result<BatchResponse, ConnectorError> {
+    let message = multipart::parse_http(&part.body).map_err(|m| decode_error("batch", m))?;
+    let status = message
+        .status()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .ok_or_else(|| {
+            decode_error(
+                "batch",
+                format!("'{}' is not a status line", message.start_line),
+            )
+        })?;
+    let text = message.body.trim_ascii();
+    let body = (!text.is_empty()).then(|| {
+        serde_json::from_slice::<Value>(text)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(text).into_owned()))
+    });
+    let mut row = None;
+    let mut rows = Vec::new();
+    let mut next_link = None;
+    if status.is_success()
+        && let (Some(Value::Object(object)), Some(set)) = (&body, &expected.entity_set)
+    {
+        if expected.query {
+            let items = object
+                .get("value")
+                .and_then(Value::as_array)
+                .ok_or_else(|| {
+                    decode_error(expected.operation, "the collection has no `value` array")
+                })?;
+            for item in items {
+                match item {
+                    Value::Object(item) => rows.push(Row::from_object(set, item.clone())),
+                    _ => {
+                        return Err(decode_error(
+                            expected.operation,
+                            "a collection item is not an object",
+                        ));
+                    }
+                }
+            }
+            next_link = object
+                .get("@odata.nextLink")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+        } else {
+            let mut stored = Row::from_object(set, object.clone());
+            if stored.etag.is_none() {
+                stored.etag = message.header("etag").map(str::to_owned);
+            }
+            row = Some(stored);
+        }
+    }
+    let entity_url = message.header("odata-entityid").map(str::to_owned);
+    let entity_id = entity_url
+        .as_deref()
+        .and_then(id_from_entity_url)
+        .or_else(|| row.as_ref().and_then(|r| r.id.clone()));
+    Ok(BatchResponse {
+        status,
+        answered: true,
+        content_id: expected.content_id,
+        entity_id,
+        entity_url,
+        headers: message.headers.clone(),
+        body,
+        row,
+        rows,
+        next_link,
+        operation: expected.operation,
+    })
 }
 
 /// A 404 that means "no such row", as opposed to "no such entity set" (`Resource not found

@@ -104,6 +104,7 @@ pub struct Request {
     headers: Vec<(HeaderName, HeaderValue)>,
     body: Option<Vec<u8>>,
     idempotent: bool,
+    multipart_answers: bool,
 }
 
 impl Request {
@@ -120,6 +121,7 @@ impl Request {
             headers: Vec::new(),
             body: None,
             idempotent,
+            multipart_answers: false,
         }
     }
 
@@ -182,15 +184,59 @@ impl Request {
         self.header("content-type", "application/json")
     }
 
+    /// A raw body with its content type (multipart `$batch` bodies).
+    pub fn bytes(mut self, content_type: &str, body: Vec<u8>) -> Request {
+        self.body = Some(body);
+        self.header("content-type", content_type)
+    }
+
     /// Whether sending it twice is harmless (decides retries after transport failures).
     pub fn idempotent(mut self, idempotent: bool) -> Request {
         self.idempotent = idempotent;
         self
     }
 
+    /// Returns an error status whose body is `multipart/mixed` as a [`Reply`] instead of
+    /// an error, and does not retry it: that is an OData `$batch` the service processed up
+    /// to a failing inner request, and only its parts say what was applied and what failed.
+    pub fn multipart_answers(mut self) -> Request {
+        self.multipart_answers = true;
+        self
+    }
+
     /// The operation name.
     pub fn operation(&self) -> &'static str {
         self.operation
+    }
+
+    /// The HTTP method.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The path (relative to the API root, or the absolute URL of [`Request::follow`])
+    /// with the query parameters encoded exactly as [`Upstream::send`] encodes them
+    /// (`application/x-www-form-urlencoded`, as reqwest's `query`), for requests written
+    /// into a `$batch` body.
+    pub fn path_and_query(&self) -> String {
+        if self.query.is_empty() {
+            return self.target.clone();
+        }
+        let query = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&self.query)
+            .finish();
+        let separator = if self.target.contains('?') { '&' } else { '?' };
+        format!("{}{separator}{query}", self.target)
+    }
+
+    /// The headers added so far (not the ones `send` adds: `Accept`, the token).
+    pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.headers
+    }
+
+    /// The body, if any.
+    pub fn body(&self) -> Option<&[u8]> {
+        self.body.as_deref()
     }
 }
 
@@ -480,6 +526,21 @@ impl Upstream {
                     operation,
                 });
             }
+            if request.multipart_answers
+                && status.as_u16() != 401
+                && headers
+                    .get(reqwest::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| crate::multipart::media_type(v) == "multipart/mixed")
+            {
+                return Ok(Reply {
+                    status,
+                    headers,
+                    body,
+                    api,
+                    operation,
+                });
+            }
             let (code, message) = service_error(&body);
             match status.as_u16() {
                 401 if !refreshed => {
@@ -634,6 +695,18 @@ mod tests {
             "https://a.example"
         ));
         assert!(!same_origin("/relative", "https://a.example"));
+    }
+
+    #[test]
+    fn paths_and_queries_are_encoded_like_send_encodes_them() {
+        let request = Request::get("q", "/accounts")
+            .query("$select", "name")
+            .query("$filter", "name eq 'O''B & c/d'");
+        assert_eq!(
+            request.path_and_query(),
+            "/accounts?%24select=name&%24filter=name+eq+%27O%27%27B+%26+c%2Fd%27"
+        );
+        assert_eq!(Request::get("q", "/x").path_and_query(), "/x");
     }
 
     #[test]

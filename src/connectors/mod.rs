@@ -11,7 +11,8 @@
 //! - [`partner_center`]: referrals (list as a stream, get, create incl. the two-step co-sell,
 //!   JSON Patch with `If-Match`, related referrals) and webhook registration.
 //! - [`dataverse`]: rows (create, retrieve, update, upsert by alternate key, query as a
-//!   stream), currencies by ISO code, change polling.
+//!   stream), currencies by ISO code, change polling, `$batch` (queries and atomic change
+//!   sets in one call).
 //! - [`salesforce`]: sObjects, upsert by external id, SOQL as a stream, API usage.
 
 pub mod auth;

@@ -20,11 +20,18 @@
 //!   `ChangeTrackingEnabled` from the schema;
 //! - change tracking ([`tracking`]): `Prefer: odata.track-changes` → rows plus
 //!   `@odata.deltaLink`; the delta link → changed rows and `$deletedEntity` tombstones;
-//!   `GET /<set>/$count?$deltatoken=…`.
+//!   `GET /<set>/$count?$deltatoken=…`;
+//! - `POST $batch` ([`batch`]): `multipart/mixed` requests and atomic change sets with
+//!   `Content-ID` references (`$1`), each inner request served by the handlers above;
+//!   `Prefer: odata.continue-on-error`; one call in `/_sandbox/stats`.
 //!
-//! Not emulated: `$batch`, `$apply`, FetchXML, deep insert, filtering through navigation
+//! Handlers take the store through [`Call::store`]: locked per call, or held by the
+//! `$batch` change set the call runs in, which can then roll everything back.
+//!
+//! Not emulated: `$apply`, FetchXML, deep insert, filtering through navigation
 //! properties, `$metadata` (CSDL).
 
+pub mod batch;
 pub mod metadata;
 pub mod path;
 pub mod query;
@@ -34,7 +41,9 @@ pub mod store;
 pub mod tracking;
 pub mod write;
 
-use std::sync::{Arc, Mutex};
+use std::cell::{RefCell, RefMut};
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -275,7 +284,7 @@ pub fn routes() -> Router<Arc<Sandbox>> {
         .route("/api/data/{version}/{*path}", any(handle))
 }
 
-/// One parsed call.
+/// One parsed call: a request to the API, or one request inside a `$batch`.
 pub struct Call<'a> {
     /// The sandbox.
     pub sandbox: &'a Sandbox,
@@ -291,6 +300,58 @@ pub struct Call<'a> {
     pub body: Bytes,
     /// Parsed `Prefer` header.
     pub prefer: Prefer,
+    /// The store of the change set this request runs in ([`batch`]): already locked, so
+    /// the whole change set is one transaction nobody else sees half of. `None` outside
+    /// change sets: each handler then locks the store itself.
+    pub txn: Option<&'a RefCell<&'a mut Store>>,
+}
+
+/// The store as a handler sees it: locked for this call, or borrowed from the change set
+/// that holds the lock.
+pub enum StoreGuard<'c, 'a> {
+    /// Locked by this call.
+    Own(MutexGuard<'c, Store>),
+    /// Held by the change set.
+    Held(RefMut<'c, &'a mut Store>),
+}
+
+impl Deref for StoreGuard<'_, '_> {
+    type Target = Store;
+
+    fn deref(&self) -> &Store {
+        match self {
+            StoreGuard::Own(guard) => guard,
+            StoreGuard::Held(held) => held,
+        }
+    }
+}
+
+impl DerefMut for StoreGuard<'_, '_> {
+    fn deref_mut(&mut self) -> &mut Store {
+        match self {
+            StoreGuard::Own(guard) => &mut *guard,
+            StoreGuard::Held(held) => &mut *held,
+        }
+    }
+}
+
+impl<'a> Call<'a> {
+    /// The store: the change set's when the call runs inside one, else locked now. Handlers
+    /// take it once per call (the mutex is not reentrant).
+    pub fn store(&self) -> StoreGuard<'_, 'a> {
+        match self.txn {
+            Some(cell) => StoreGuard::Held(cell.borrow_mut()),
+            None => StoreGuard::Own(lock(&self.sandbox.dataverse.store)),
+        }
+    }
+
+    /// Records that rows changed (so `--data` saves them). Inside a change set the batch
+    /// does it once the change set commits: a rolled-back change set changed nothing.
+    pub fn changed(&self) {
+        if self.txn.is_none() {
+            self.sandbox.changed();
+        }
+    }
 }
 
 impl Call<'_> {
@@ -455,6 +516,7 @@ async fn handle(AxumState(sandbox): AxumState<Arc<Sandbox>>, request: Request) -
         query: parts.uri.query().map(str::to_owned),
         body,
         version: version.clone(),
+        txn: None,
     };
     let (template, result) = dispatch(&call, resource);
     let response = result.unwrap_or_else(DvError::into_response);
@@ -462,7 +524,7 @@ async fn handle(AxumState(sandbox): AxumState<Arc<Sandbox>>, request: Request) -
 }
 
 /// Headers every Dataverse response carries, and the stats template.
-fn finish(mut response: Response, template: &str) -> Response {
+pub(crate) fn finish(mut response: Response, template: &str) -> Response {
     let headers = response.headers_mut();
     headers.insert("odata-version", HeaderValue::from_static("4.0"));
     let is_json = headers
@@ -534,6 +596,16 @@ fn dispatch(call: &Call<'_>, resource: &str) -> (String, Result<Response, DvErro
             );
         }
         "EntityDefinitions" => return metadata::entity_definitions(call, &state.schema, &segments),
+        "$batch" => {
+            return (
+                "$batch".into(),
+                match (&call.method, segments.len()) {
+                    (&Method::POST, 1) => batch::execute(call),
+                    (_, 1) => Err(DvError::method(&call.method)),
+                    _ => Err(DvError::no_segment(&segments[1].name)),
+                },
+            );
+        }
         "$metadata" => {
             return (
                 "$metadata".into(),
@@ -562,7 +634,7 @@ fn dispatch(call: &Call<'_>, resource: &str) -> (String, Result<Response, DvErro
         (None, Some(second), 2) if second.name == "$count" => (
             format!("{set}/$count"),
             match call.method {
-                Method::GET => query::count(call, state, table),
+                Method::GET => query::count(call, table),
                 _ => Err(DvError::method(&call.method)),
             },
         ),
@@ -771,11 +843,11 @@ fn create_call(call: &Call<'_>, state: &State, table: &Table) -> Result<Response
     let body = call.json_body(table)?;
     let shape = shape_from_query(call, &state.schema, table)?;
     let now = call.sandbox.now_dataverse();
-    let mut store = lock(&state.store);
+    let mut store = call.store();
     let (id, row) = create(&state.schema, &mut store, table, &body, None, &now, || {
         call.sandbox.new_guid()
     })?;
-    call.sandbox.changed();
+    call.changed();
     if call.prefer.representation {
         let mut response = entity_response(
             call,
@@ -806,7 +878,7 @@ fn retrieve(
 ) -> Result<Response, DvError> {
     check_locator(table, locator)?;
     let shape = shape_from_query(call, &state.schema, table)?;
-    let store = lock(&state.store);
+    let store = call.store();
     let id = store
         .find(table, locator)
         .ok_or_else(|| not_found(table, locator))?;
@@ -989,7 +1061,7 @@ fn upsert_call(
 ) -> Result<Response, DvError> {
     let body = call.json_body(table)?;
     let shape = shape_from_query(call, &state.schema, table)?;
-    let mut store = lock(&state.store);
+    let mut store = call.store();
     let mut undo = Vec::new();
     let done = upsert(
         call,
@@ -1001,7 +1073,7 @@ fn upsert_call(
         condition(call),
         &mut undo,
     )?;
-    call.sandbox.changed();
+    call.changed();
     if call.prefer.representation {
         let status = if done.created {
             StatusCode::CREATED
@@ -1034,7 +1106,7 @@ fn delete_call(
     locator: &Locator,
 ) -> Result<Response, DvError> {
     check_locator(table, locator)?;
-    let mut store = lock(&state.store);
+    let mut store = call.store();
     let id = store
         .find(table, locator)
         .ok_or_else(|| not_found(table, locator))?;
@@ -1062,7 +1134,7 @@ fn delete_call(
         }
         let _ = store.replace(other, &row_id, row);
     }
-    call.sandbox.changed();
+    call.changed();
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
@@ -1075,7 +1147,7 @@ fn update_existing(
     locator: &Locator,
     body: Map<String, Value>,
 ) -> Result<Response, DvError> {
-    let mut store = lock(&state.store);
+    let mut store = call.store();
     let mut undo = Vec::new();
     let condition = match condition(call) {
         Condition::Version(tag) => Condition::Version(tag),
@@ -1091,7 +1163,7 @@ fn update_existing(
         condition,
         &mut undo,
     )?;
-    call.sandbox.changed();
+    call.changed();
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
@@ -1115,7 +1187,7 @@ fn property_call(
     }
     match call.method {
         Method::GET => {
-            let store = lock(&state.store);
+            let store = call.store();
             let id = store
                 .find(table, locator)
                 .ok_or_else(|| not_found(table, locator))?;
@@ -1206,7 +1278,7 @@ fn reference_call(
     };
     match call.method {
         Method::GET => {
-            let store = lock(&state.store);
+            let store = call.store();
             let id = store
                 .find(table, locator)
                 .ok_or_else(|| not_found(table, locator))?;
@@ -1270,7 +1342,7 @@ fn bulk(call: &Call<'_>, state: &State, table: &Table, action: &str) -> Result<R
             ),
         ));
     };
-    let mut store = lock(&state.store);
+    let mut store = call.store();
     let mut undo = Vec::new();
     let mut ids = Vec::new();
     let mut results = Vec::new();
@@ -1368,7 +1440,7 @@ fn bulk(call: &Call<'_>, state: &State, table: &Table, action: &str) -> Result<R
             }
         }
     }
-    call.sandbox.changed();
+    call.changed();
     Ok(match action {
         "CreateMultiple" => json(
             StatusCode::OK,

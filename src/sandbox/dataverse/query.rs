@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 use super::read::{self, Shape};
 use super::schema::Table;
-use super::{Call, DvError, State, json as json_response, lock, set_header};
+use super::{Call, DvError, State, json as json_response, set_header};
 use crate::sandbox::odata::{self, MatchOptions};
 
 /// Most rows one page holds, and the `@odata.count` cap.
@@ -308,7 +308,7 @@ pub fn list(call: &Call<'_>, state: &State, table: &Table) -> Result<Response, D
         return super::tracking::list(call, state, table);
     }
     let query = parse_query(call, state, table)?;
-    let store = lock(&state.store);
+    let store = call.store();
     let Some(rows) = store.rows(table) else {
         return Err(DvError::internal("table without storage"));
     };
@@ -406,15 +406,15 @@ pub fn list(call: &Call<'_>, state: &State, table: &Table) -> Result<Response, D
 }
 
 /// `GET /<set>/$count`: the number of rows (capped at 5,000), as plain text.
-pub fn count(call: &Call<'_>, state: &State, table: &Table) -> Result<Response, DvError> {
+pub fn count(call: &Call<'_>, table: &Table) -> Result<Response, DvError> {
     if call.option("$deltatoken").is_some() {
-        return super::tracking::count(call, state, table);
+        return super::tracking::count(call, table);
     }
     let filter = match call.option("$filter") {
         Some(text) => Some(odata::parse_filter(&text).map_err(|e| option_error(e.to_string()))?),
         None => None,
     };
-    let store = lock(&state.store);
+    let store = call.store();
     let n = store.rows(table).map_or(0, |rows| {
         rows.rows
             .values()

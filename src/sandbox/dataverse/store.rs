@@ -17,7 +17,7 @@ pub const LOOKUP_TABLE: &str = "@Microsoft.Dynamics.CRM.lookuplogicalname";
 const ORG_CREATED: &str = "2020-01-01T00:00:00Z";
 
 /// The rows of one table.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Rows {
     /// Row by lower-case id; iteration order is the default query order.
     pub rows: BTreeMap<String, Value>,
@@ -28,8 +28,11 @@ pub struct Rows {
     pub deleted: BTreeMap<String, u64>,
 }
 
-/// Every table's rows and the organization-wide row version counter.
-#[derive(Debug)]
+/// Every table's rows and the organization-wide row version counter. `Clone` is the
+/// snapshot a `$batch` change set restores when it rolls back: rows, alternate-key indexes,
+/// tombstones and the version counter all return to where they were, so change tracking
+/// never sees a version handed out by a rolled-back write.
+#[derive(Debug, Clone)]
 pub struct Store {
     tables: HashMap<String, Rows>,
     /// Last row version handed out (Dataverse's rowversion is database-wide).

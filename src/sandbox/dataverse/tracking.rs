@@ -25,7 +25,7 @@ use serde_json::{Map, Value, json};
 use super::read::{self, Shape};
 use super::schema::Table;
 use super::store::Store;
-use super::{Call, DvError, State, json as json_response, lock, set_header};
+use super::{Call, DvError, State, json as json_response, set_header};
 use crate::mapping::transforms::datetime::DateTime;
 
 /// Most rows one page holds.
@@ -254,7 +254,7 @@ pub fn list(call: &Call<'_>, state: &State, table: &Table) -> Result<Response, D
         expand: Vec::new(),
         annotations: call.prefer.annotations(),
     };
-    let store = lock(&state.store);
+    let store = call.store();
     let snapshot = cookie
         .as_ref()
         .map_or_else(|| store.current_version(), |c| c.snapshot);
@@ -364,14 +364,14 @@ pub fn list(call: &Call<'_>, state: &State, table: &Table) -> Result<Response, D
 }
 
 /// `GET /<set>/$count?$deltatoken=…`: how many changes the delta link would return.
-pub fn count(call: &Call<'_>, state: &State, table: &Table) -> Result<Response, DvError> {
+pub fn count(call: &Call<'_>, table: &Table) -> Result<Response, DvError> {
     let (token, _) = validate(call, table)?;
     let Some(token) = token else {
         return Err(option_error(
             "$count with change tracking needs a $deltatoken.",
         ));
     };
-    let store = lock(&state.store);
+    let store = call.store();
     let n = changes(&store, table, token.version, store.current_version()).len();
     let mut response = Response::new(axum::body::Body::from(n.min(MAX_PAGE).to_string()));
     set_header(&mut response, "content-type", "text/plain");
