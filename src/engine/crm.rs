@@ -6,11 +6,12 @@ use futures_util::stream::BoxStream;
 use serde_json::{Map, Value};
 
 use crate::connectors::ConnectorError;
-use crate::connectors::dataverse::{AlternateKey, DataverseClient, QueryOptions, odata_string};
-use crate::connectors::salesforce::{
-    self, CompositeRequest, SalesforceClient, composite_failure,
+use crate::connectors::dataverse::{
+    self, AlternateKey, BatchPart, BatchRequest, DataverseClient, QueryOptions, batch_failure,
+    odata_string,
 };
 use crate::connectors::salesforce::soql::{self, Order, Soql, SoqlValue};
+use crate::connectors::salesforce::{self, CompositeRequest, SalesforceClient, composite_failure};
 
 /// A connected CRM.
 #[derive(Debug, Clone)]
@@ -47,18 +48,7 @@ impl Crm {
     ) -> Result<Option<String>, ConnectorError> {
         match self {
             Crm::Dataverse(client) => {
-                let mut conditions = Vec::new();
-                for (field, value) in criteria {
-                    conditions.push(format!("{field} eq {}", odata_literal(field, value)?));
-                }
-                let options = QueryOptions {
-                    select: vec![id_field.to_owned()],
-                    filter: (!conditions.is_empty()).then(|| conditions.join(" and ")),
-                    orderby: Some(format!("{id_field} asc")),
-                    top: Some(1),
-                    page_size: Some(1),
-                    expand: None,
-                };
+                let options = find_options(id_field, criteria)?;
                 let mut rows = Box::pin(client.query(entity, options));
                 match rows.next().await {
                     Some(row) => {
@@ -561,6 +551,14 @@ impl WriteSet {
         &self.writes
     }
 
+    /// Replaces the references in `fields` with the ids the writes got (for audit
+    /// entries and snapshots after [`Crm::apply`]).
+    pub fn resolve(fields: &mut Map<String, Value>, applied: &[Applied]) {
+        for value in fields.values_mut() {
+            Self::replace_references(value, &|i| applied.get(i).map(|a| a.id.clone()));
+        }
+    }
+
     /// Replaces every reference in `value` with `resolve(index)`.
     fn replace_references(value: &mut Value, resolve: &dyn Fn(usize) -> Option<String>) {
         match value {
@@ -636,6 +634,32 @@ impl Crm {
                 }
                 Ok(out)
             }
+            Crm::Dataverse(client) if finds.len() > 1 => {
+                let mut parts = Vec::with_capacity(finds.len());
+                for find in finds {
+                    parts.push(BatchPart::query(
+                        &find.entity,
+                        find_options(&find.id_field, &find.criteria)?,
+                    ));
+                }
+                let responses = client.batch(parts).await?;
+                if let Some(error) = batch_failure(&responses) {
+                    return Err(error);
+                }
+                Ok(finds
+                    .iter()
+                    .zip(&responses)
+                    .map(|(find, response)| {
+                        response.rows.first().and_then(|row| {
+                            row.fields
+                                .get(&find.id_field)
+                                .and_then(Value::as_str)
+                                .map(str::to_owned)
+                                .or_else(|| row.id.clone())
+                        })
+                    })
+                    .collect())
+            }
             _ => {
                 let mut out = Vec::with_capacity(finds.len());
                 for find in finds {
@@ -659,6 +683,13 @@ impl Crm {
             && !set.writes.iter().any(Write::mentions_composite_reference)
         {
             return apply_composite(client, set).await;
+        }
+        if let Crm::Dataverse(client) = self
+            && set.writes.len() > 1
+            && set.writes.len() <= dataverse::MAX_BATCH_REQUESTS
+            && let Some(change_set) = change_set(set)
+        {
+            return apply_change_set(client, set, change_set).await;
         }
         self.apply_one_by_one(set).await
     }
@@ -717,34 +748,6 @@ impl Crm {
             Crm::Dataverse(_) => "dataverse",
             Crm::Salesforce(_) => "salesforce",
         }
-    }
-}
-
-#[cfg(test)]
-mod write_set_tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn references_are_replaced_inside_text() {
-        let mut value = json!({
-            "bind": format!("/accounts({})", WriteSet::reference(0)),
-            "plain": WriteSet::reference(1),
-            "list": [WriteSet::reference(0)],
-            "untouched": "no marks",
-            "unknown": WriteSet::reference(7),
-        });
-        let ids = ["A-1".to_owned(), "B-2".to_owned()];
-        WriteSet::replace_references(&mut value, &|i| ids.get(i).cloned());
-        assert_eq!(value["bind"], json!("/accounts(A-1)"));
-        assert_eq!(value["plain"], json!("B-2"));
-        assert_eq!(value["list"][0], json!("A-1"));
-        assert_eq!(value["untouched"], json!("no marks"));
-        assert_eq!(
-            value["unknown"],
-            json!(WriteSet::reference(7)),
-            "left as is"
-        );
     }
 }
 
@@ -808,4 +811,154 @@ async fn apply_composite(
             })
         })
         .collect()
+}
+
+/// The query of [`Crm::find`] on Dataverse.
+fn find_options(
+    id_field: &str,
+    criteria: &Map<String, Value>,
+) -> Result<QueryOptions, ConnectorError> {
+    let mut conditions = Vec::new();
+    for (field, value) in criteria {
+        conditions.push(format!("{field} eq {}", odata_literal(field, value)?));
+    }
+    Ok(QueryOptions {
+        select: vec![id_field.to_owned()],
+        filter: (!conditions.is_empty()).then(|| conditions.join(" and ")),
+        orderby: Some(format!("{id_field} asc")),
+        top: Some(1),
+        page_size: Some(1),
+        expand: None,
+    })
+}
+
+/// A [`WriteSet`] as the requests of one `$batch` change set: write `i` has Content-ID
+/// `i + 1`, and a bind to it (`"parentaccountid@odata.bind": "/accounts(<ref>)"`) becomes
+/// `"$<i + 1>"`. `None` when a reference sits anywhere but a whole bind value, which a
+/// change set cannot express: the set is then written one request at a time.
+fn change_set(set: &WriteSet) -> Option<Vec<BatchRequest>> {
+    let mut requests = Vec::with_capacity(set.writes.len());
+    for (i, write) in set.writes.iter().enumerate() {
+        let mut write = write.clone();
+        for (field, value) in write.fields_mut().iter_mut() {
+            let Value::String(text) = value else {
+                if value.to_string().contains(REFERENCE_MARK) {
+                    return None;
+                }
+                continue;
+            };
+            if !text.contains(REFERENCE_MARK) {
+                continue;
+            }
+            if !field.ends_with("@odata.bind") {
+                return None;
+            }
+            // "/accounts(<ref>)" or "<ref>" alone.
+            let inner = match text.find('(') {
+                Some(open) if text.starts_with('/') && text.ends_with(')') => {
+                    &text[open + 1..text.len() - 1]
+                }
+                _ => text.as_str(),
+            };
+            let index = inner
+                .strip_prefix(REFERENCE_MARK)
+                .and_then(|t| t.strip_suffix(REFERENCE_MARK))
+                .and_then(|t| t.strip_prefix("cosell-write-"))
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| *n < i)?;
+            *value = Value::String(dataverse::batch_ref(u32::try_from(index + 1).ok()?));
+        }
+        let content_id = u32::try_from(i + 1).ok()?;
+        requests.push(match write {
+            Write::Create { entity, fields } => {
+                BatchRequest::create(&entity, fields).content_id(content_id)
+            }
+            Write::Upsert {
+                entity,
+                id_field,
+                key_field,
+                key,
+                fields,
+            } => BatchRequest::upsert(
+                &entity,
+                &AlternateKey::new(&key_field, key.as_str()),
+                fields,
+            )
+            .content_id(content_id)
+            // An upsert by key answers with the key's URL; the row gives the GUID.
+            .return_representation(&[id_field.as_str()]),
+        });
+    }
+    Some(requests)
+}
+
+/// Sends a change set made by [`change_set`]: all of it is written, or none of it.
+async fn apply_change_set(
+    client: &DataverseClient,
+    set: &WriteSet,
+    requests: Vec<BatchRequest>,
+) -> Result<Vec<Applied>, ConnectorError> {
+    let responses = client.batch(vec![BatchPart::ChangeSet(requests)]).await?;
+    if let Some(error) = batch_failure(&responses) {
+        return Err(error);
+    }
+    set.writes
+        .iter()
+        .zip(&responses)
+        .map(|(write, response)| {
+            let id = match write {
+                Write::Upsert { id_field, .. } => response
+                    .row
+                    .as_ref()
+                    .and_then(|row| row.fields.get(id_field))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .or_else(|| response.entity_id.clone()),
+                Write::Create { .. } => response.entity_id.clone(),
+            };
+            let id = id.ok_or_else(|| ConnectorError::Decode {
+                api: "dataverse",
+                operation: response.operation(),
+                message: format!(
+                    "no id in the answer to {} of the change set",
+                    response.operation()
+                ),
+            })?;
+            Ok(Applied {
+                id,
+                created: match write {
+                    Write::Create { .. } => true,
+                    Write::Upsert { .. } => response.status.as_u16() == 201,
+                },
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod write_set_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn references_are_replaced_inside_text() {
+        let mut value = json!({
+            "bind": format!("/accounts({})", WriteSet::reference(0)),
+            "plain": WriteSet::reference(1),
+            "list": [WriteSet::reference(0)],
+            "untouched": "no marks",
+            "unknown": WriteSet::reference(7),
+        });
+        let ids = ["A-1".to_owned(), "B-2".to_owned()];
+        WriteSet::replace_references(&mut value, &|i| ids.get(i).cloned());
+        assert_eq!(value["bind"], json!("/accounts(A-1)"));
+        assert_eq!(value["plain"], json!("B-2"));
+        assert_eq!(value["list"][0], json!("A-1"));
+        assert_eq!(value["untouched"], json!("no marks"));
+        assert_eq!(
+            value["unknown"],
+            json!(WriteSet::reference(7)),
+            "left as is"
+        );
+    }
 }

@@ -1177,7 +1177,7 @@ impl Engine {
         snapshot.children.clear();
         // Children of a record that is new are new too: they join the set. A record a
         // crashed attempt made may have some already; `write_children` looks before writing.
-        let mut children: Vec<(String, String, usize)> = Vec::new();
+        let mut children: Vec<String> = Vec::new();
         if found.first().is_none_or(Option::is_none) {
             let reference = WriteSet::reference(main);
             let parent_record = json!({ id_field: reference, "id": reference });
@@ -1200,27 +1200,42 @@ impl Engine {
                     // `write_children` audits the violations after the parent exists.
                     continue;
                 }
-                let digest = hash(&json!(
-                    mapped.records.iter().map(|r| &r.fields).collect::<Vec<_>>()
-                ));
                 for child in &mapped.records {
                     set.push(Write::Create {
                         entity: child_flow.entity.clone(),
                         fields: child.fields.clone(),
                     });
                 }
-                children.push((name.clone(), digest, mapped.records.len()));
+                children.push(name.clone());
             }
         }
         let applied = self.crm.apply(&set).await?;
+        WriteSet::resolve(&mut target.fields, &applied);
         let Some(done) = applied.get(main) else {
             return Err(JobError::Retry {
                 message: format!("the CRM did not answer for the {} write", flow.entity),
                 after: Some(Duration::from_secs(1)),
             });
         };
-        for (name, digest, count) in children {
-            snapshot.children.insert(name.clone(), digest);
+        // What `write_children` compares against next time: the children as mapped with
+        // the parent's real id.
+        let parent_record = json!({ id_field: done.id, "id": done.id });
+        for name in children {
+            let Some(child_flow) = self.plan.flow(&name) else {
+                continue;
+            };
+            let mapped = self.plan.evaluate(
+                child_flow,
+                &Input {
+                    record: &record,
+                    parent: Some(&parent_record),
+                    operation: Operation::Create,
+                },
+            );
+            let count = mapped.records.len();
+            snapshot
+                .children
+                .insert(name.clone(), children_digest(&mapped));
             self.audit(
                 Some(rid),
                 self.plan.flow(&name).map(|f| f.entity.as_str()),
@@ -1279,9 +1294,7 @@ impl Engine {
                 .await?;
                 continue;
             }
-            let digest = hash(&json!(
-                mapped.records.iter().map(|r| &r.fields).collect::<Vec<_>>()
-            ));
+            let digest = children_digest(&mapped);
             if snapshot.children.get(name) == Some(&digest) {
                 continue;
             }
@@ -2316,6 +2329,13 @@ fn newer(a: Option<&str>, b: Option<&str>) -> bool {
         (Some(_), None) => true,
         _ => false,
     }
+}
+
+/// The digest of a child flow's mapped records (unchanged children need no write).
+fn children_digest(mapped: &Mapped) -> String {
+    hash(&json!(
+        mapped.records.iter().map(|r| &r.fields).collect::<Vec<_>>()
+    ))
 }
 
 /// A stable digest of a JSON value (keys are ordered: serde_json without

@@ -611,7 +611,7 @@ impl Calls {
     pub fn writes(&self) -> u64 {
         self.by_endpoint
             .iter()
-            .filter(|(k, _)| !k.split(' ').nth(1).is_some_and(|m| m == "GET"))
+            .filter(|(k, _)| k.split(' ').nth(1).is_none_or(|m| m != "GET"))
             .map(|(_, n)| n)
             .sum()
     }
