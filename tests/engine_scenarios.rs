@@ -584,3 +584,74 @@ async fn conflicts(crm: CrmKind) {
 }
 
 both_crms!(conflicts: dynamics_conflict_newest_wins, salesforce_conflict_newest_wins);
+
+// -------------------------------------------------------------------------------------------
+// Bad referral data: refused as a whole — no customer account left behind without its
+// opportunity
+// -------------------------------------------------------------------------------------------
+
+async fn no_partial_write(crm: CrmKind) {
+    let w = world(crm).await;
+    let n = w.names();
+    // An ISO currency the CRM does not have enabled (Dynamics: no transactioncurrency row,
+    // the lookup fails; Salesforce: not in the restricted CurrencyIsoCode picklist, the
+    // opportunity write is refused after the account and contact in the same set).
+    let mut body = common::cosell_referral("Fourth Coffee in krona");
+    body["customerProfile"]["name"] = json!("Fourth Coffee");
+    body["customerProfile"]["team"][0]["email"] = json!("anna@fourthcoffee.is");
+    body["details"]["currency"] = json!("ISK");
+    let rid = w
+        .incoming_with(
+            "Fourth Coffee in krona",
+            json!({ "customerProfile": body["customerProfile"], "details": body["details"] }),
+        )
+        .await;
+    let before = w.writes().await;
+    let drained = w.runner.run_once().await.unwrap();
+    assert_eq!(w.crm_id_of(n.opportunity, &rid).await, None);
+    let (accounts, account_id, account_name) = match crm {
+        CrmKind::Dynamics365 => ("accounts", "accountid", "name"),
+        CrmKind::Salesforce => ("Account", "Id", "Name"),
+    };
+    let criteria = json!({ account_name: "Fourth Coffee" });
+    assert_eq!(
+        w.engine
+            .crm()
+            .find(accounts, account_id, criteria.as_object().unwrap())
+            .await
+            .unwrap(),
+        None,
+        "no account without its opportunity"
+    );
+    assert_eq!(
+        w.referral(&rid).await["externalReferenceId"],
+        json!(null),
+        "nothing written back to Partner Center"
+    );
+    let trail = w.audit(&rid).await;
+    match crm {
+        CrmKind::Dynamics365 => {
+            assert_eq!(drained.dead, 0);
+            assert!(
+                trail
+                    .iter()
+                    .any(|e| e.contains("rejected") && e.contains("Currency ISK is not enabled")),
+                "{trail:?}"
+            );
+            // Only the lookups' `$batch` (a POST that reads) reached the CRM.
+            assert!(w.writes().await.1 <= before.1 + 1);
+        }
+        CrmKind::Salesforce => {
+            // The CRM refused the write: a dead letter to replay once the currency is on.
+            assert_eq!(drained.dead, 1);
+            assert!(
+                trail
+                    .iter()
+                    .any(|e| e.contains("dead_letter") && e.contains("CurrencyIsoCode")),
+                "{trail:?}"
+            );
+        }
+    }
+}
+
+both_crms!(no_partial_write: dynamics_bad_data_no_partial_write, salesforce_bad_data_no_partial_write);
