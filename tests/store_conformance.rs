@@ -142,6 +142,7 @@ conformance!(
     reopening_keeps_data_and_migrates_idempotently,
     api_usage_adds_up_per_upstream_and_day,
     api_usage_from_concurrent_workers_adds_up,
+    single_engine_lock_releases_dead_leases,
 );
 
 /// Now, truncated to the millisecond the store keeps.
@@ -1086,12 +1087,83 @@ async fn api_usage_from_concurrent_workers_adds_up(fx: &Fixture) {
     assert_eq!(totals, [("partner_center", 120), ("salesforce", 40)]);
 }
 
+/// SQLite: one engine per file, and what a dead engine held is claimable at once.
+/// PostgreSQL: shared by live engines, so no lock and every lease stands until it expires.
+async fn single_engine_lock_releases_dead_leases(fx: &Fixture) {
+    let store = &fx.store;
+    for key in ["referral:a", "referral:b"] {
+        store
+            .enqueue(&NewJob::new(key, "pc_event", json!({})))
+            .await
+            .unwrap();
+    }
+    // An engine claims both jobs, then dies without a verdict.
+    let crashed = store
+        .claim("dead", Duration::from_secs(600), 10)
+        .await
+        .unwrap();
+    assert_eq!(crashed.len(), 2);
+
+    let next = fx.open_again().await;
+    match next.lock_single_engine().await.unwrap() {
+        Some((lock, released)) => {
+            assert_eq!(store.kind(), "sqlite");
+            assert_eq!(released, 2, "the dead engine's leases");
+            let again = next
+                .claim("next", Duration::from_secs(600), 10)
+                .await
+                .unwrap();
+            assert_eq!(again.len(), 2, "claimable without waiting for the lease");
+            assert!(
+                again.iter().all(|j| j.claims == 2),
+                "the interrupted claim is remembered: {again:?}"
+            );
+            for job in &crashed {
+                lease_lost(next.complete(job).await);
+            }
+            // A second engine on the file is refused while the first runs...
+            let error = store
+                .lock_single_engine()
+                .await
+                .expect_err("a second engine");
+            assert!(matches!(error, StoreError::Conflict { .. }), "{error}");
+            assert!(
+                error.to_string().contains("another cosell engine"),
+                "{error}"
+            );
+            // ...and takes over once it has stopped.
+            drop(lock);
+            let (_lock, released) = store
+                .lock_single_engine()
+                .await
+                .unwrap()
+                .expect("locked after the first engine stopped");
+            assert_eq!(released, 2);
+        }
+        None => {
+            assert_eq!(store.kind(), "postgres");
+            assert!(
+                next.claim("next", Duration::from_secs(600), 10)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "a lease may be a live worker's: it stands"
+            );
+        }
+    }
+    next.close().await;
+}
+
 // ---- backend-specific ------------------------------------------------------------------
 
 #[tokio::test]
 async fn sqlite_memory_store_works() {
     let store = Store::open("sqlite::memory:").await.unwrap();
     assert_eq!(store.kind(), "sqlite");
+    assert!(
+        store.lock_single_engine().await.unwrap().is_none(),
+        "no file to lock"
+    );
     let id = store
         .enqueue(&NewJob::new("referral:m", "pc_event", json!({})))
         .await

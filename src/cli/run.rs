@@ -239,6 +239,19 @@ async fn run_async(args: &RunArgs, config: Config, plan: Plan) -> anyhow::Result
         );
     }
     let engine = Arc::new(setup.engine);
+    // One engine per SQLite state file; what a crashed predecessor held is claimable now
+    // rather than when its leases expire. Held until this function returns.
+    let _engine_lock = match engine.store().lock_single_engine().await? {
+        Some((lock, released)) => {
+            if released > 0 {
+                tracing::info!(
+                    "{released} job(s) left in progress by a stopped engine are queued again"
+                );
+            }
+            Some(lock)
+        }
+        None => None,
+    };
     let mut options = RunOptions {
         concurrency: args.concurrency.max(1),
         reconcile_every: Duration::from_secs(args.reconcile_every.max(1)),

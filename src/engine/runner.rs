@@ -516,7 +516,9 @@ impl Runner {
             total.retried += drained.retried;
             total.dead += drained.dead;
             let stats = self.engine.store().inbox_stats().await?;
-            if stats.scheduled > 0 || stats.pending > 0 {
+            // Leased jobs are not ours once `drain` returns: another worker's, or a crashed
+            // one's whose lease has yet to expire. Either way the work is not done.
+            if stats.scheduled > 0 || stats.pending > 0 || stats.leased > 0 {
                 // Retries are due later; wait for the earliest, bounded.
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;

@@ -406,31 +406,33 @@ impl Engine {
                         message: "the event names no referral".into(),
                     });
                 }
-                let referral = match self.pc.get_referral(referral_id).await {
-                    Ok(r) => r,
-                    Err(ConnectorError::NotFound { .. }) => {
-                        self.audit(
-                            Some(referral_id),
-                            None,
-                            None,
-                            "-",
-                            "ignored",
-                            "the referral of the event no longer exists",
-                            json!({"event": event}),
-                        )
-                        .await?;
-                        return Ok(JobOutcome::Skipped);
-                    }
-                    Err(e) => return Err(e.into()),
+                let Some(value) = self.fresh_referral(referral_id, event).await? else {
+                    return Ok(JobOutcome::Skipped);
                 };
-                let value = serde_json::to_value(&referral).unwrap_or(Value::Null);
                 if event.starts_with("related-referral") {
                     self.sync_related(value).await
                 } else {
                     self.sync_referral(value).await
                 }
             }
-            PC_REFERRAL => self.sync_referral(job.payload["referral"].clone()).await,
+            PC_REFERRAL => {
+                let listed = &job.payload["referral"];
+                // The payload is the referral as the reconcile listed it. A job claimed before
+                // (a retry, or a crash mid-job) may have written to the referral itself since
+                // (the externalReferenceId write-back), or met a 412: its eTag is stale, and
+                // patching with it would fail with 412 on every attempt until the job is
+                // dead-lettered. Such a job re-reads the referral; a first attempt trusts the
+                // listing and saves the call.
+                match listed["id"].as_str() {
+                    Some(id) if job.claims > 1 => {
+                        match self.fresh_referral(id, "reconcile").await? {
+                            Some(value) => self.sync_referral(value).await,
+                            None => Ok(JobOutcome::Skipped),
+                        }
+                    }
+                    _ => self.sync_referral(listed.clone()).await,
+                }
+            }
             CRM_CHANGE => {
                 let entity = job.payload["entity"].as_str().unwrap_or_default();
                 let id = job.payload["id"].as_str().unwrap_or_default();
@@ -439,6 +441,32 @@ impl Engine {
             other => Err(JobError::Fail {
                 message: format!("unknown job kind `{other}`"),
             }),
+        }
+    }
+
+    /// The referral as Partner Center has it now; `None` (audited) when it no longer exists.
+    /// `trigger` names what asked for it, for the audit entry.
+    async fn fresh_referral(
+        &self,
+        referral_id: &str,
+        trigger: &str,
+    ) -> Result<Option<Value>, JobError> {
+        match self.pc.get_referral(referral_id).await {
+            Ok(referral) => Ok(Some(serde_json::to_value(&referral).unwrap_or(Value::Null))),
+            Err(ConnectorError::NotFound { .. }) => {
+                self.audit(
+                    Some(referral_id),
+                    None,
+                    None,
+                    "-",
+                    "ignored",
+                    "the referral no longer exists in Partner Center",
+                    json!({"event": trigger}),
+                )
+                .await?;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -1796,7 +1824,10 @@ impl Engine {
             let Some(target) = mapped.records.into_iter().next() else {
                 continue;
             };
-            let engagement = referral["engagementId"].as_str().unwrap_or_default();
+            let Some(engagement) = referral["engagementId"].as_str().filter(|e| !e.is_empty())
+            else {
+                continue; // no referral read yet: nothing to attach Microsoft's to
+            };
             // A crash between the two creates: look before making a second one.
             let existing = self.pc.related_referrals(engagement).await?;
             if let Some(found) = existing.iter().find(|r| targets_microsoft(r)) {
@@ -1866,6 +1897,11 @@ impl Engine {
             .iter()
             .any(|k| !same(get_path(&known, k).as_ref(), projection.get(k)));
         if !needs_write {
+            // Partner Center has it all, but Microsoft's referral may still be missing: a
+            // crash between `create_referral` saving the link and making it leaves exactly
+            // this state, and the rerun of the job lands here. Free when it is known.
+            self.ensure_secondary(flow, record, &known, &mut snapshot)
+                .await?;
             self.finish_crm_sync(
                 flow, id, fields, record, &known, link, snapshot, projection, digest,
             )

@@ -17,7 +17,8 @@
 //! - [`Store::claim`] leases due jobs to a worker: only the oldest job of each key, and only
 //!   while no other job of that key holds a live lease. A lease that expires (the worker
 //!   crashed or stalled) makes the job claimable again; that is the crash recovery, so effects
-//!   must be idempotent.
+//!   must be idempotent. A SQLite store has one engine process, which releases the leases its
+//!   crashed predecessor left at start instead of waiting for them ([`Store::lock_single_engine`]).
 //! - The worker then calls exactly one of [`Store::complete`], [`Store::retry_later`] or
 //!   [`Store::dead_letter`]; each first checks the job is still leased to that worker by that
 //!   very claim, else [`StoreError::LeaseLost`] and nothing changes. Long jobs extend their
@@ -251,6 +252,13 @@ pub struct Job {
     pub claims: u32,
 }
 
+/// The exclusive right to run the engine on a SQLite state file, from
+/// [`Store::lock_single_engine`]; released when dropped (or when the process ends).
+#[derive(Debug)]
+pub struct EngineLock {
+    _file: std::fs::File,
+}
+
 /// A job that ran out of retries.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
@@ -389,6 +397,8 @@ pub struct Store {
     backend: Backend,
     /// The URL it was opened with, password masked.
     url: String,
+    /// The database file, for a SQLite file store.
+    sqlite_file: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for Store {
@@ -748,6 +758,7 @@ impl Store {
     /// Errors name the URL with its password masked.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         let shown = redact_url(url);
+        let mut sqlite_file = None;
         let backend = match url::parse(url)? {
             url::Target::SqliteMemory => {
                 // Every connection to `:memory:` is a separate database, so exactly one
@@ -766,6 +777,7 @@ impl Store {
                 Backend::Sqlite(pool)
             }
             url::Target::SqliteFile(path) => {
+                sqlite_file = Some(path.clone());
                 Backend::Sqlite(open_sqlite_file(&path, &shown).await?)
             }
             url::Target::Postgres => {
@@ -791,6 +803,7 @@ impl Store {
         let store = Store {
             backend,
             url: shown,
+            sqlite_file,
         };
         store.migrate().await?;
         Ok(store)
@@ -1007,7 +1020,8 @@ impl Store {
         with_pool!(self, |pool| {
             let mut tx = pool.begin_write().await.map_err(db("enqueueing a job"))?;
             if job.dedupe {
-                // lease_owner IS NULL: never claimed, or cleared by retry_later. A job a worker
+                // lease_owner IS NULL: never claimed, or cleared by retry_later (or released by
+                // lock_single_engine: its worker is gone, it will run again). A job a worker
                 // has started may already have read the state this re-delivery reports.
                 let existing = sqlx::query(
                     "SELECT id FROM jobs WHERE job_key = $1 AND kind = $2 AND payload = $3 \
@@ -1074,6 +1088,68 @@ impl Store {
         });
         jobs.sort_by_key(|j| j.id);
         Ok(jobs)
+    }
+
+    /// Makes this process the only engine working on a SQLite state file, and hands the
+    /// jobs a previous engine process left leased back to the inbox.
+    ///
+    /// A SQLite store serves one engine process (see the module docs). This takes an
+    /// exclusive OS lock on `<file>.lock`, held until the returned [`EngineLock`] is dropped
+    /// or the process ends — however it ends: the OS releases it on SIGKILL too. While it is
+    /// held, no other engine works on the file, so every lease found in it belongs to an
+    /// engine that is gone, and waiting for it to expire (a minute by default) would only
+    /// delay those referrals; they become claimable at once, like a retry due now (their
+    /// `claims` count keeps the interrupted attempt on record). Returns the lock and how many
+    /// leases were released; [`StoreError::Conflict`] if another process holds the lock.
+    ///
+    /// PostgreSQL stores are shared by several engine processes, and an in-memory SQLite
+    /// store by whoever holds it: a lease there may well belong to a live worker, so nothing
+    /// is locked or released (`Ok(None)`); expired leases remain the crash recovery.
+    pub async fn lock_single_engine(&self) -> Result<Option<(EngineLock, u64)>, StoreError> {
+        let Some(path) = &self.sqlite_file else {
+            return Ok(None);
+        };
+        let mut lock_path = path.clone().into_os_string();
+        lock_path.push(".lock");
+        let lock_path = std::path::PathBuf::from(lock_path);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Database {
+                message: format!("cannot open {}: {e}", lock_path.display()),
+            })?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Conflict {
+                    message: format!(
+                        "another cosell engine is using {} (it holds {}); a SQLite state store \
+                         serves one engine process — stop the other one, or use PostgreSQL \
+                         for several",
+                        self.url,
+                        lock_path.display()
+                    ),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StoreError::Database {
+                    message: format!("cannot lock {}: {e}", lock_path.display()),
+                });
+            }
+        }
+        let released = with_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE jobs SET lease_owner = NULL, lease_until = NULL \
+                 WHERE lease_owner IS NOT NULL OR lease_until IS NOT NULL",
+            )
+            .execute(pool)
+            .await
+            .map_err(db("releasing the leases of a stopped engine"))?
+            .rows_affected()
+        });
+        Ok(Some((EngineLock { _file: file }, released)))
     }
 
     /// Extends `job`'s lease to `lease` from now and updates `job.lease_until`;
