@@ -508,22 +508,38 @@ impl Runner {
     /// waiting for a retry. Returns the totals.
     pub async fn run_once(&self) -> Result<Drained, JobError> {
         let mut total = Drained::default();
-        for _round in 0..20 {
+        let mut rounds = 0;
+        loop {
             let found = self.reconcile().await? + self.poll_crm().await?;
-            let drained = self.drain().await?;
-            total.done += drained.done;
-            total.written += drained.written;
-            total.retried += drained.retried;
-            total.dead += drained.dead;
-            let stats = self.engine.store().inbox_stats().await?;
-            // Leased jobs are not ours once `drain` returns: another worker's, or a crashed
-            // one's whose lease has yet to expire. Either way the work is not done.
-            if stats.scheduled > 0 || stats.pending > 0 || stats.leased > 0 {
-                // Retries are due later; wait for the earliest, bounded.
+            // Drain until the inbox is empty. This ends: retries are bounded (then a dead
+            // letter), and leases left by a crashed worker expire. Leased jobs are not ours
+            // once `drain` returns: another worker's, or a dead one's.
+            let mut done = 0;
+            loop {
+                let drained = self.drain().await?;
+                done += drained.done;
+                total.done += drained.done;
+                total.written += drained.written;
+                total.retried += drained.retried;
+                total.dead += drained.dead;
+                let stats = self.engine.store().inbox_stats().await?;
+                if stats.scheduled == 0 && stats.pending == 0 && stats.leased == 0 {
+                    break;
+                }
+                // A retry is due later (or a lease has yet to expire): wait without
+                // re-reading either system meanwhile.
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
             }
-            if found == 0 && drained.done == 0 {
+            if found == 0 && done == 0 {
+                break;
+            }
+            rounds += 1;
+            if rounds >= 20 {
+                // Records that change every round (a CRM workflow rewriting a field we
+                // write, say) would keep `--once` going forever.
+                tracing::warn!(
+                    "still finding changes after {rounds} rounds; stopping (the next run continues)"
+                );
                 break;
             }
             // Our writes show up as changes on the other side: one more round confirms
