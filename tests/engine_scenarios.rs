@@ -655,3 +655,41 @@ async fn no_partial_write(crm: CrmKind) {
 }
 
 both_crms!(no_partial_write: dynamics_bad_data_no_partial_write, salesforce_bad_data_no_partial_write);
+
+// -------------------------------------------------------------------------------------------
+// Several referrals of one new customer synced at once: one account, one contact
+// -------------------------------------------------------------------------------------------
+
+async fn one_customer_at_once(crm: CrmKind) {
+    let w = world(crm).await;
+    let (account_f, contact_f) = match crm {
+        CrmKind::Dynamics365 => ("_parentaccountid_value", "_parentcontactid_value"),
+        CrmKind::Salesforce => ("AccountId", "ContactId"),
+    };
+    let mut body = common::cosell_referral("Blue Yonder");
+    body["customerProfile"]["name"] = json!("Blue Yonder Airlines");
+    body["customerProfile"]["team"][0]["email"] = json!("kim@blueyonder.example");
+    let mut referrals = Vec::new();
+    for i in 0..6 {
+        referrals.push(
+            w.incoming_with(
+                &format!("Blue Yonder {i}"),
+                json!({ "customerProfile": body["customerProfile"] }),
+            )
+            .await,
+        );
+    }
+    // The runner's 8 workers take all six at once.
+    w.sync().await;
+    let mut accounts = std::collections::BTreeSet::new();
+    let mut contacts = std::collections::BTreeSet::new();
+    for rid in &referrals {
+        let (_, opp) = w.opportunity_of(rid).await;
+        accounts.insert(opp[account_f].as_str().unwrap().to_owned());
+        contacts.insert(opp[contact_f].as_str().unwrap().to_owned());
+    }
+    assert_eq!(accounts.len(), 1, "one account: {accounts:?}");
+    assert_eq!(contacts.len(), 1, "one contact: {contacts:?}");
+}
+
+both_crms!(one_customer_at_once: dynamics_one_new_customer_many_referrals, salesforce_one_new_customer_many_referrals);

@@ -250,6 +250,10 @@ pub struct Engine {
     cache: Mutex<LookupCache>,
     /// Salesforce describe results: object → (fields, child relationships).
     describe: Mutex<HashMap<String, Described>>,
+    /// Find-or-create of customer records, one at a time per match: two referrals of the
+    /// same new customer synced at once must not both create the account. Striped (a
+    /// fixed set of locks chosen by the match's hash) so memory stays bounded.
+    customer_locks: Vec<Mutex<()>>,
     /// `Some` during a dry run: writes are collected here instead of made.
     dry_run: Option<std::sync::Mutex<Vec<PlannedWrite>>>,
 }
@@ -286,6 +290,7 @@ impl Engine {
             roles,
             cache: Mutex::new(LookupCache::default()),
             describe: Mutex::new(HashMap::new()),
+            customer_locks: (0..CUSTOMER_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             dry_run: None,
         }
     }
@@ -1167,6 +1172,27 @@ impl Engine {
             id_field: id_field.to_owned(),
             criteria: object(json!({ flow.referral_id_field.clone(): rid })),
         };
+        // Hold the locks of every lookup that may create, from its search to the write.
+        // Within one process; several instances sharing a store would need the database
+        // to arbitrate (see the crash-safety notes in the README).
+        let mut stripes: Vec<usize> = target
+            .lookups
+            .iter()
+            .filter(|l| l.on_missing == crate::config::model::OnMissing::Create)
+            .map(|l| {
+                // Lower case: both CRMs match text ignoring case.
+                let key = format!("{}{}", l.name, Value::Object(l.matches.clone())).to_lowercase();
+                usize::from_str_radix(&hash(&Value::String(key))[..8], 16).unwrap_or(0)
+                    % CUSTOMER_LOCK_STRIPES
+            })
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut _held = Vec::with_capacity(stripes.len());
+        for stripe in stripes {
+            // Ascending order: no two jobs wait on each other.
+            _held.push(self.customer_locks[stripe].lock().await);
+        }
         let mut set = WriteSet::default();
         let (outcomes, found) = {
             let mut cache = self.cache.lock().await;
@@ -2366,6 +2392,9 @@ fn newer(a: Option<&str>, b: Option<&str>) -> bool {
         _ => false,
     }
 }
+
+/// How many locks [`Engine`] stripes customer find-or-create over.
+const CUSTOMER_LOCK_STRIPES: usize = 64;
 
 /// The digest of a child flow's mapped records (unchanged children need no write).
 fn children_digest(mapped: &Mapped) -> String {
