@@ -1174,7 +1174,7 @@ impl Engine {
         };
         // Hold the locks of every lookup that may create, from its search to the write.
         // Within one process; several instances sharing a store would need the database
-        // to arbitrate (see the crash-safety notes in the README).
+        // to arbitrate (README, "Going to production").
         let mut stripes: Vec<usize> = target
             .lookups
             .iter()
