@@ -581,6 +581,26 @@ async fn conflicts(crm: CrmKind) {
         w.record(n.opportunity, &opp).await[n.value].as_f64(),
         Some(80000.0)
     );
+
+    // The other way round: the seller edits, then Microsoft (newer); Microsoft's event is
+    // processed first → Partner Center's value wins in the CRM, audited.
+    w.update_opportunity(&opp, json!({ n.value: 90_000 })).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    w.microsoft(&rid, json!({ "dealValue": 95000 })).await;
+    w.deliver("referral-updated", &rid).await;
+    assert_eq!(
+        w.record(n.opportunity, &opp).await[n.value].as_f64(),
+        Some(95000.0),
+        "the newer edit (Microsoft's) wins"
+    );
+    let trail = w.audit(&rid).await;
+    assert!(
+        trail
+            .iter()
+            .any(|e| e.contains("conflict")
+                && e.contains(&format!("{} (partner_center kept)", n.value))),
+        "{trail:?}"
+    );
 }
 
 both_crms!(conflicts: dynamics_conflict_newest_wins, salesforce_conflict_newest_wins);

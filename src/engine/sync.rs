@@ -779,59 +779,20 @@ impl Engine {
                     self.save_link(&link).await?;
                     return Ok(JobOutcome::Skipped);
                 };
-                let mut conflicts = Vec::new();
-                changed.retain(|field| {
-                    let Some(before) = previous.get(field) else {
-                        return true;
-                    };
-                    if !comparable.contains(field) {
-                        return true;
-                    }
-                    let now_in_crm = current.fields.get(field);
-                    if same(now_in_crm, Some(before)) || same(now_in_crm, projection.get(field)) {
-                        return true;
-                    }
-                    let owner = self.owner(flow, field).unwrap_or(Owner::PartnerCenter);
-                    let pc_wins = match owner {
-                        Owner::PartnerCenter => true,
-                        Owner::Crm => false,
-                        Owner::Newest => newer(
-                            referral["updatedDateTime"].as_str(),
-                            current.fields.get(modified).and_then(Value::as_str),
-                        ),
-                    };
-                    conflicts.push(json!({
-                        "field": field,
-                        "partner_center": projection.get(field),
-                        "crm": now_in_crm,
-                        "last_synced": before,
-                        "owner": format!("{owner:?}").to_lowercase(),
-                        "kept": if pc_wins { "partner_center" } else { "crm" },
-                    }));
-                    pc_wins
-                });
-                if !conflicts.is_empty() {
-                    let fields: Vec<String> = conflicts
-                        .iter()
-                        .map(|c| {
-                            format!(
-                                "{} ({} kept)",
-                                c["field"].as_str().unwrap_or(""),
-                                c["kept"].as_str().unwrap_or("")
-                            )
-                        })
-                        .collect();
-                    self.audit(
-                        Some(rid),
-                        Some(&flow.entity),
-                        Some(&crm_id),
-                        &flow.name,
-                        "conflict",
-                        &format!("changed on both sides: {}", fields.join(", ")),
-                        json!({"conflicts": conflicts}),
-                    )
-                    .await?;
-                }
+                let conflicts = self.settle_conflicts(
+                    flow,
+                    Owner::PartnerCenter,
+                    &mut changed,
+                    &Changes {
+                        previous: &previous,
+                        projection: &projection,
+                        comparable: &|field| comparable.iter().any(|c| c == field),
+                        now: &|field| current.fields.get(field).cloned(),
+                        incoming_modified: referral["updatedDateTime"].as_str(),
+                        other_modified: current.fields.get(modified).and_then(Value::as_str),
+                    },
+                );
+                self.audit_conflicts(rid, flow, &crm_id, conflicts).await?;
                 let mut fields = Map::new();
                 for field in &changed {
                     if let Some(v) = target.fields.get(field) {
@@ -1082,6 +1043,90 @@ impl Engine {
         } else {
             JobOutcome::Unchanged
         })
+    }
+
+    /// Settles the fields an incoming change touches (`changed`, from the side `incoming`)
+    /// against the other side: a field the other side also changed since the last sync is
+    /// a conflict, kept in `changed` only when `incoming` wins it by the field's `owner`
+    /// (undeclared: the incoming side; `newest`: by modification time). Returns the
+    /// conflicts, for [`Engine::audit_conflicts`].
+    fn settle_conflicts(
+        &self,
+        flow: &FlowPlan,
+        incoming: Owner,
+        changed: &mut Vec<String>,
+        changes: &Changes<'_>,
+    ) -> Vec<Value> {
+        let side = |owner: Owner| match owner {
+            Owner::Crm => "crm",
+            _ => "partner_center",
+        };
+        let other = match incoming {
+            Owner::Crm => Owner::PartnerCenter,
+            _ => Owner::Crm,
+        };
+        let mut conflicts = Vec::new();
+        changed.retain(|field| {
+            let Some(before) = changes.previous.get(field) else {
+                return true;
+            };
+            if !(changes.comparable)(field) {
+                return true;
+            }
+            let now = (changes.now)(field);
+            if same(now.as_ref(), Some(before)) || same(now.as_ref(), changes.projection.get(field))
+            {
+                return true;
+            }
+            let owner = self.owner(flow, field).unwrap_or(incoming);
+            let incoming_wins = match owner {
+                Owner::Newest => newer(changes.incoming_modified, changes.other_modified),
+                owner => owner == incoming,
+            };
+            conflicts.push(json!({
+                "field": field,
+                side(incoming): changes.projection.get(field),
+                side(other): now,
+                "last_synced": before,
+                "owner": format!("{owner:?}").to_lowercase(),
+                "kept": side(if incoming_wins { incoming } else { other }),
+            }));
+            incoming_wins
+        });
+        conflicts
+    }
+
+    /// One audit entry listing the conflicts of a sync and who kept each field.
+    async fn audit_conflicts(
+        &self,
+        rid: &str,
+        flow: &FlowPlan,
+        crm_id: &str,
+        conflicts: Vec<Value>,
+    ) -> Result<(), StoreError> {
+        if conflicts.is_empty() {
+            return Ok(());
+        }
+        let fields: Vec<String> = conflicts
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} ({} kept)",
+                    c["field"].as_str().unwrap_or(""),
+                    c["kept"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        self.audit(
+            Some(rid),
+            Some(&flow.entity),
+            Some(crm_id),
+            &flow.name,
+            "conflict",
+            &format!("changed on both sides: {}", fields.join(", ")),
+            json!({"conflicts": conflicts}),
+        )
+        .await
     }
 
     fn owner(&self, flow: &FlowPlan, field: &str) -> Option<Owner> {
@@ -1987,60 +2032,22 @@ impl Engine {
             .await?;
             return Ok(JobOutcome::Skipped);
         }
-        let mut conflicts = Vec::new();
-        changed.retain(|path| {
-            let now_in_pc = get_path(&current, path);
-            let Some(before) = previous.get(path) else {
-                return true;
-            };
-            if same(now_in_pc.as_ref(), Some(before))
-                || same(now_in_pc.as_ref(), projection.get(path))
-            {
-                return true;
-            }
-            let owner = self.owner(flow, path).unwrap_or(Owner::Crm);
-            let crm_wins = match owner {
-                Owner::Crm => true,
-                Owner::PartnerCenter => false,
-                Owner::Newest => newer(
-                    fields
-                        .get(self.crm.modified_field())
-                        .and_then(Value::as_str),
-                    current["updatedDateTime"].as_str(),
-                ),
-            };
-            conflicts.push(json!({
-                "field": path,
-                "crm": projection.get(path),
-                "partner_center": now_in_pc,
-                "last_synced": before,
-                "owner": format!("{owner:?}").to_lowercase(),
-                "kept": if crm_wins { "crm" } else { "partner_center" },
-            }));
-            crm_wins
-        });
-        if !conflicts.is_empty() {
-            let names: Vec<String> = conflicts
-                .iter()
-                .map(|c| {
-                    format!(
-                        "{} ({} kept)",
-                        c["field"].as_str().unwrap_or(""),
-                        c["kept"].as_str().unwrap_or("")
-                    )
-                })
-                .collect();
-            self.audit(
-                Some(&rid),
-                Some(&flow.entity),
-                Some(id),
-                &flow.name,
-                "conflict",
-                &format!("changed on both sides: {}", names.join(", ")),
-                json!({"conflicts": conflicts}),
-            )
-            .await?;
-        }
+        let conflicts = self.settle_conflicts(
+            flow,
+            Owner::Crm,
+            &mut changed,
+            &Changes {
+                previous: &previous,
+                projection: &projection,
+                comparable: &|_| true,
+                now: &|path| get_path(&current, path),
+                incoming_modified: fields
+                    .get(self.crm.modified_field())
+                    .and_then(Value::as_str),
+                other_modified: current["updatedDateTime"].as_str(),
+            },
+        );
+        self.audit_conflicts(&rid, flow, id, conflicts).await?;
         let mut desired = current.clone();
         for path in &changed {
             if let Some(v) = projection.get(path) {
@@ -2233,6 +2240,18 @@ impl Engine {
         }
         Ok(true)
     }
+}
+
+/// What [`Engine::settle_conflicts`] compares, per field: the last-synced projection, the
+/// incoming side's projection, the other side's value now.
+struct Changes<'a> {
+    previous: &'a Map<String, Value>,
+    projection: &'a Map<String, Value>,
+    /// Whether the other side's current value of a field is known (was read).
+    comparable: &'a dyn Fn(&str) -> bool,
+    now: &'a dyn Fn(&str) -> Option<Value>,
+    incoming_modified: Option<&'a str>,
+    other_modified: Option<&'a str>,
 }
 
 /// A CRM table the change poll watches.
