@@ -1175,6 +1175,36 @@ async fn sqlite_memory_store_works() {
     assert_eq!(store.audit_trail("m", 5).await.unwrap().len(), 1);
 }
 
+/// Several processes (here: pools) opening one new file at once all migrate it without
+/// error — `cosell status` started while `cosell run` starts after an upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_concurrent_openers_migrate_once() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("state.db").display());
+        let openers: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { Store::open(&url).await })
+            })
+            .collect();
+        for opener in openers {
+            let store = opener
+                .await
+                .unwrap()
+                .expect("every opener migrates or finds it done");
+            store.close().await;
+        }
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM cosell_migrations")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(applied, SCHEMA_VERSION, "each version applied once");
+        pool.close().await;
+    }
+}
+
 #[tokio::test]
 async fn sqlite_creates_parent_directories_and_enables_wal() {
     let dir = tempfile::tempdir().unwrap();

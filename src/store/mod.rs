@@ -811,7 +811,23 @@ impl Store {
 
     async fn migrate(&self) -> Result<(), StoreError> {
         let result = match &self.backend {
-            Backend::Sqlite(pool) => migrator(false).run(pool).await,
+            Backend::Sqlite(pool) => {
+                // Two processes opening one file at once (`cosell status` while `cosell run`
+                // starts after an upgrade) can both see a version missing: sqlx does not lock
+                // SQLite migrations. The second one's transaction then fails ("table already
+                // exists") and rolls back whole; run again, it finds the version applied.
+                let mut attempt = 0;
+                loop {
+                    match migrator(false).run(pool).await {
+                        Err(_) if attempt < 4 => {
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                        }
+                        result => break result,
+                    }
+                }
+            }
+            // sqlx holds a PostgreSQL advisory lock while it migrates.
             Backend::Postgres(pool) => migrator(true).run(pool).await,
         };
         result.map_err(|e| StoreError::Migration {
