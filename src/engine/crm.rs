@@ -483,6 +483,18 @@ pub enum Write {
 }
 
 impl Write {
+    /// The table / object written.
+    pub fn entity(&self) -> &str {
+        let (Write::Create { entity, .. } | Write::Upsert { entity, .. }) = self;
+        entity
+    }
+
+    /// The fields written (references unresolved).
+    pub fn fields(&self) -> &Map<String, Value> {
+        let (Write::Create { fields, .. } | Write::Upsert { fields, .. }) = self;
+        fields
+    }
+
     /// Whether a value holds `@{`, which a Salesforce Composite call would take for a
     /// reference to another subrequest: such a set is written one call at a time.
     fn mentions_composite_reference(&self) -> bool {

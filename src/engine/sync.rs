@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 
-use super::crm::{Crm, Find, Write, WriteSet, is_guid};
+use super::crm::{Applied, Crm, Find, Write, WriteSet, is_guid};
 use super::lookups::{LookupCache, resolve_batched, resolve_live};
 use crate::config::model::{CrmKind, Operation, Owner, RecordKind};
 use crate::connectors::ConnectorError;
@@ -859,11 +859,11 @@ impl Engine {
                 }
                 crm_id
             }
-            _ if self.dry_run.is_none() => {
+            _ => {
                 // Create (or repair a half-finished create: the upsert by referral id finds
                 // the record a crashed attempt made). Two CRM round trips: every lookup plus
                 // "does the record exist already" in one, then the new customer records,
-                // the record and its children as one set.
+                // the record and its children as one set. A dry run plans the set instead.
                 let (crm_id, created) = match self
                     .create_in_crm(flow, referral, rid, &id_field, &mut target, &mut snapshot)
                     .await?
@@ -882,87 +882,6 @@ impl Engine {
                         .await?;
                         return Ok(JobOutcome::Rejected);
                     }
-                };
-                written = true;
-                link.crm_id = Some(crm_id.clone());
-                link.entity = flow.entity.clone();
-                // The link first: a crash after this point resumes as an update.
-                link.state = "syncing".into();
-                self.save_link(&link).await?;
-                self.audit(
-                    Some(rid),
-                    Some(&flow.entity),
-                    Some(&crm_id),
-                    &flow.name,
-                    if created { "created" } else { "updated" },
-                    &format!(
-                        "{} {} {crm_id} in the CRM",
-                        if created { "created" } else { "updated" },
-                        flow.entity
-                    ),
-                    json!({"fields": target.fields}),
-                )
-                .await?;
-                crm_id
-            }
-            _ => {
-                // Create (or repair a half-finished create: the upsert by referral id finds
-                // the record a crashed attempt made).
-                if let Err(message) = self.resolve_lookups(flow, referral, &mut target).await? {
-                    self.audit(
-                        Some(rid),
-                        Some(&flow.entity),
-                        None,
-                        &flow.name,
-                        "rejected",
-                        &message,
-                        json!({}),
-                    )
-                    .await?;
-                    return Ok(JobOutcome::Rejected);
-                }
-                let mut fields = target.fields.clone();
-                fields.remove(&flow.referral_id_field);
-                let (crm_id, created) = if self.plan_write(PlannedWrite {
-                    system: "crm",
-                    action: "create",
-                    entity: flow.entity.clone(),
-                    id: None,
-                    flow: flow.name.clone(),
-                    referral_id: Some(rid.to_owned()),
-                    fields: target.fields.clone(),
-                }) {
-                    (String::new(), true)
-                } else {
-                    let upserted = self
-                        .crm
-                        .upsert_by_key_returning(
-                            &flow.entity,
-                            &id_field,
-                            &flow.referral_id_field,
-                            rid,
-                            &fields,
-                        )
-                        .await?;
-                    let crm_id = match upserted.id {
-                        Some(id) => id,
-                        None => self
-                            .crm
-                            .find(
-                                &flow.entity,
-                                &id_field,
-                                &object(json!({ flow.referral_id_field.clone(): rid })),
-                            )
-                            .await?
-                            .ok_or_else(|| JobError::Retry {
-                                message: format!(
-                                    "the upserted {} of referral {rid} cannot be found yet",
-                                    flow.entity
-                                ),
-                                after: Some(Duration::from_secs(1)),
-                            })?,
-                    };
-                    (crm_id, upserted.created.unwrap_or(true))
                 };
                 written = true;
                 link.crm_id = (!crm_id.is_empty()).then(|| crm_id.clone());
@@ -984,10 +903,6 @@ impl Engine {
                     json!({"fields": target.fields}),
                 )
                 .await?;
-                snapshot.children.clear();
-                if created {
-                    snapshot.children.insert("__new".into(), String::new());
-                }
                 crm_id
             }
         };
@@ -997,7 +912,6 @@ impl Engine {
             self.write_children(flow, referral, &crm_id, &mut snapshot)
                 .await?;
         }
-        snapshot.children.remove("__new");
 
         // Write-back to Partner Center (externalReferenceId).
         let mut referral_now = referral.clone();
@@ -1308,6 +1222,32 @@ impl Engine {
                 children.push(name.clone());
             }
         }
+        if self.dry_run.is_some() {
+            // Planned, not made: references read as the record they stand for.
+            let planned: Vec<Applied> = set
+                .writes()
+                .iter()
+                .map(|w| Applied {
+                    id: format!("(new {})", w.entity()),
+                    created: true,
+                })
+                .collect();
+            for write in set.writes() {
+                let mut fields = write.fields().clone();
+                WriteSet::resolve(&mut fields, &planned);
+                self.plan_write(PlannedWrite {
+                    system: "crm",
+                    action: "create",
+                    entity: write.entity().to_owned(),
+                    id: None,
+                    flow: flow.name.clone(),
+                    referral_id: Some(rid.to_owned()),
+                    fields,
+                });
+            }
+            WriteSet::resolve(&mut target.fields, &planned);
+            return Ok(Ok((String::new(), true)));
+        }
         let applied = self.crm.apply(&set).await?;
         WriteSet::resolve(&mut target.fields, &applied);
         let Some(done) = applied.get(main) else {
@@ -1356,7 +1296,6 @@ impl Engine {
         parent_id: &str,
         snapshot: &mut Snapshot,
     ) -> Result<(), JobError> {
-        let parent_created = snapshot.children.contains_key("__new");
         let parent_record = json!({
             self.plan.id_field(&parent_flow.entity): parent_id,
             "id": parent_id,
@@ -1414,14 +1353,11 @@ impl Engine {
                         criteria.insert(field.clone(), value.clone());
                     }
                 }
-                let exists = if parent_created || self.dry_run.is_some() && parent_id.is_empty() {
-                    false
-                } else {
-                    self.crm
-                        .find(&flow.entity, &id_field, &criteria)
-                        .await?
-                        .is_some()
-                };
+                let exists = self
+                    .crm
+                    .find(&flow.entity, &id_field, &criteria)
+                    .await?
+                    .is_some();
                 if exists {
                     continue;
                 }
