@@ -6,13 +6,14 @@
 //! `postgres://postgres@127.0.0.1:5432/test` (`.ci/run` starts the server).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cosell::store::{
-    ApiCalls, InboxStats, Job, JobId, Link, NewAudit, NewJob, SCHEMA_VERSION, Store, StoreError,
-    utc_day,
+    ApiCalls, DEFAULT_PIPELINE, InboxStats, Job, JobId, Link, NewAudit, NewJob, SCHEMA_VERSION,
+    Store, StoreError, utc_day,
 };
 use serde_json::json;
 
@@ -123,6 +124,11 @@ macro_rules! conformance {
 }
 
 conformance!(
+    pipelines_are_isolated,
+    pipeline_belongs_to_one_crm,
+    instance_names_are_exclusive,
+    poller_runs_are_recorded,
+    upgrade_from_schema_4_keeps_rows_in_the_default_pipeline,
     link_upsert_and_lookup,
     link_crm_record_is_unique,
     links_counted_by_state,
@@ -1154,6 +1160,460 @@ async fn single_engine_lock_releases_dead_leases(fx: &Fixture) {
     next.close().await;
 }
 
+// ---- pipelines and instances ------------------------------------------------------------
+
+/// Two pipelines in one database see nothing of each other: links (even of the same referral
+/// and CRM record), cursors, jobs and claims, dead letters, audit entries and API usage.
+async fn pipelines_are_isolated(fx: &Fixture) {
+    let a = fx.store.pipeline("contoso-dynamics").unwrap();
+    let b = fx.store.pipeline("contoso_salesforce.eu").unwrap();
+    assert_eq!(a.pipeline_name(), "contoso-dynamics");
+    assert_eq!(fx.store.pipeline_name(), DEFAULT_PIPELINE);
+
+    let mut link = Link::new("R1", "opportunity", "synced");
+    link.crm_id = Some("crm-1".into());
+    a.save_link(&link).await.unwrap();
+    link.state = "closed".into();
+    b.save_link(&link)
+        .await
+        .expect("the same referral and CRM record in another pipeline");
+    assert_eq!(a.link("R1").await.unwrap().unwrap().state, "synced");
+    assert_eq!(b.link("R1").await.unwrap().unwrap().state, "closed");
+    assert!(fx.store.link("R1").await.unwrap().is_none());
+    assert_eq!(
+        a.link_by_crm("opportunity", "crm-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        "synced"
+    );
+    assert_eq!(a.links_by_state().await.unwrap().get("synced"), Some(&1));
+    assert_eq!(a.links_by_state().await.unwrap().get("closed"), None);
+    assert!(fx.store.links_by_state().await.unwrap().is_empty());
+
+    a.set_cursor("pc_reconcile", "2026-01-01T00:00:00Z")
+        .await
+        .unwrap();
+    b.set_cursor("pc_reconcile", "2026-02-02T00:00:00Z")
+        .await
+        .unwrap();
+    assert_eq!(
+        a.cursor("pc_reconcile").await.unwrap().as_deref(),
+        Some("2026-01-01T00:00:00Z")
+    );
+    assert_eq!(
+        b.cursor("pc_reconcile").await.unwrap().as_deref(),
+        Some("2026-02-02T00:00:00Z")
+    );
+    assert_eq!(fx.store.cursor("pc_reconcile").await.unwrap(), None);
+
+    // The same key in both: each pipeline's job is claimable by its own workers only, and
+    // holding one does not block the other.
+    let job_a = a
+        .enqueue(&NewJob::new("referral:R1", "pc_event", json!({"p": "a"})))
+        .await
+        .unwrap();
+    let job_b = b
+        .enqueue(&NewJob::new("referral:R1", "pc_event", json!({"p": "a"})))
+        .await
+        .unwrap();
+    assert_ne!(job_a, job_b, "dedupe does not reach across pipelines");
+    let claimed_a = a.claim("w", Duration::from_secs(60), 10).await.unwrap();
+    assert_eq!(
+        claimed_a.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![job_a]
+    );
+    let claimed_b = b.claim("w", Duration::from_secs(60), 10).await.unwrap();
+    assert_eq!(
+        claimed_b.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![job_b]
+    );
+    assert!(
+        fx.store
+            .claim("w", Duration::from_secs(60), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(a.inbox_stats().await.unwrap().leased, 1);
+    assert_eq!(fx.store.inbox_stats().await.unwrap().leased, 0);
+
+    a.dead_letter(&claimed_a[0], "permanent").await.unwrap();
+    assert_eq!(a.dead_letters().await.unwrap().len(), 1);
+    assert!(b.dead_letters().await.unwrap().is_empty());
+    assert_eq!(
+        b.replay_all().await.unwrap(),
+        0,
+        "b cannot replay a's letters"
+    );
+    assert_eq!(a.inbox_stats().await.unwrap().dead_letters, 1);
+    assert_eq!(b.inbox_stats().await.unwrap().dead_letters, 0);
+    let letter = a.dead_letters().await.unwrap()[0].id;
+    assert!(!b.replay(letter).await.unwrap(), "nor one by its id");
+    assert!(a.replay(letter).await.unwrap());
+    assert_eq!(a.inbox_stats().await.unwrap().pending, 1);
+    assert_eq!(b.inbox_stats().await.unwrap().pending, 0);
+
+    a.audit(&audit("R1", "failed", 1)).await.unwrap();
+    assert_eq!(a.audit_trail("R1", 10).await.unwrap().len(), 1);
+    assert!(b.audit_trail("R1", 10).await.unwrap().is_empty());
+    assert_eq!(a.recent_failures(10).await.unwrap().len(), 1);
+    assert!(b.recent_failures(10).await.unwrap().is_empty());
+
+    let day = utc_day(SystemTime::now());
+    a.add_api_usage(&day, &[calls("dataverse", 7, None)])
+        .await
+        .unwrap();
+    b.add_api_usage(&day, &[calls("dataverse", 2, None)])
+        .await
+        .unwrap();
+    assert_eq!(a.api_usage(&day).await.unwrap()[0].calls, 7);
+    assert_eq!(b.api_usage(&day).await.unwrap()[0].calls, 2);
+    assert!(fx.store.api_usage(&day).await.unwrap().is_empty());
+
+    for bad in ["", "two words", "drop;table", "é", &"x".repeat(64)] {
+        let error = fx.store.pipeline(bad).expect_err(bad);
+        assert!(
+            matches!(error, StoreError::InvalidPipeline { .. }),
+            "{error}"
+        );
+    }
+}
+
+/// A pipeline records the CRM it syncs with; a config for another CRM is refused on it.
+async fn pipeline_belongs_to_one_crm(fx: &Fixture) {
+    let store = &fx.store;
+    store.claim_pipeline("dynamics365").await.unwrap();
+    store.claim_pipeline("dynamics365").await.expect("again");
+    let error = fx
+        .open_again()
+        .await
+        .claim_pipeline("salesforce")
+        .await
+        .expect_err("another CRM on the default pipeline");
+    assert!(matches!(error, StoreError::Conflict { .. }), "{error}");
+    assert!(error.to_string().contains("--pipeline"), "{error}");
+    store
+        .pipeline("fabrikam")
+        .unwrap()
+        .claim_pipeline("salesforce")
+        .await
+        .expect("a pipeline of its own");
+}
+
+/// One live process per instance name; a restarted instance takes back its own leases at
+/// once, and only its own. (SQLite: one engine per file, whatever its name.)
+async fn instance_names_are_exclusive(fx: &Fixture) {
+    let store = &fx.store;
+    for key in ["referral:a", "referral:b"] {
+        store
+            .enqueue(&NewJob::new(key, "pc_event", json!({})))
+            .await
+            .unwrap();
+    }
+    let (first, released) = store.start_instance("pod-a").await.unwrap();
+    assert_eq!(released, 0);
+    let a = store
+        .claim("pod-a", Duration::from_secs(600), 1)
+        .await
+        .unwrap();
+    let b = store
+        .claim("pod-b", Duration::from_secs(600), 1)
+        .await
+        .unwrap();
+    assert_eq!((a.len(), b.len()), (1, 1));
+
+    let other = fx.open_again().await;
+    let error = other
+        .start_instance("pod-a")
+        .await
+        .expect_err("a second live pod-a");
+    assert!(matches!(error, StoreError::Conflict { .. }), "{error}");
+    drop(first);
+    // The server ends the session of a dropped connection as soon as it sees the socket
+    // close: wait for that.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (_second, released) = loop {
+        match other.start_instance("pod-a").await {
+            Ok(taken) => break taken,
+            Err(error) if Instant::now() < deadline => {
+                assert!(matches!(error, StoreError::Conflict { .. }), "{error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("pod-a never released: {error}"),
+        }
+    };
+    let again = other
+        .claim("pod-a2", Duration::from_secs(600), 10)
+        .await
+        .unwrap();
+    if store.kind() == "postgres" {
+        assert_eq!(released, 1, "pod-a's own lease only; pod-b may be alive");
+        assert_eq!(
+            again.iter().map(|j| j.id).collect::<Vec<_>>(),
+            vec![a[0].id]
+        );
+        let (_b, _) = other.start_instance("pod-b").await.expect("another name");
+    } else {
+        assert_eq!(
+            released, 2,
+            "one engine per file: every lease was the dead one's"
+        );
+        assert_eq!(again.len(), 2);
+    }
+    other.close().await;
+}
+
+async fn poller_runs_are_recorded(fx: &Fixture) {
+    let store = &fx.store;
+    let mut leadership = store.leadership();
+    assert!(leadership.check().await, "alone, this instance leads");
+    let first = store.poller_started("reconcile", "pod-a").await.unwrap();
+    let second = store.poller_started("crm_poll", "pod-a").await.unwrap();
+    store.poller_finished(first, "ok").await.unwrap();
+    let other = store.pipeline("other").unwrap();
+    other.poller_started("crm_poll", "pod-z").await.unwrap();
+    let runs = store.poller_runs(10).await.unwrap();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[0].id, first);
+    assert_eq!(runs[0].outcome.as_deref(), Some("ok"));
+    assert!(runs[0].finished_at.is_some_and(|f| f >= runs[0].started_at));
+    assert_eq!(runs[1].id, second);
+    assert_eq!(runs[1].poller, "crm_poll");
+    assert_eq!(runs[1].finished_at, None);
+    assert_eq!(other.poller_runs(10).await.unwrap()[0].instance, "pod-z");
+}
+
+/// The store as cosell 0.x left it at schema 4 (its migrations, checksums and all), with data:
+/// opening it migrates to schema 5 and every row is the default pipeline's.
+async fn upgrade_from_schema_4_keeps_rows_in_the_default_pipeline(fx: &Fixture) {
+    let postgres = fx.store.kind() == "postgres";
+    fx.store.close().await;
+    // A fresh database of the same kind, brought to schema 4 by the old migrations.
+    let (url, _dir, schema) = if postgres {
+        let schema = unique_schema();
+        postgres_admin(&format!("CREATE SCHEMA {schema}")).await;
+        let url = format!(
+            "{}?options=-c%20search_path%3D{schema}",
+            postgres_base_url()
+        );
+        (url, None, Some(schema))
+    } else {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/old.db", dir.path().display());
+        (url, Some(dir), None)
+    };
+    let old: [(i64, &str, &str, &str); 4] = [
+        (
+            1,
+            "initial",
+            include_str!("../src/store/migrations/sqlite/0001_initial.sql"),
+            include_str!("../src/store/migrations/postgres/0001_initial.sql"),
+        ),
+        (
+            2,
+            "link snapshot",
+            include_str!("../src/store/migrations/sqlite/0002_link_snapshot.sql"),
+            include_str!("../src/store/migrations/postgres/0002_link_snapshot.sql"),
+        ),
+        (
+            3,
+            "api usage",
+            include_str!("../src/store/migrations/sqlite/0003_api_usage.sql"),
+            include_str!("../src/store/migrations/postgres/0003_api_usage.sql"),
+        ),
+        (
+            4,
+            "audit by record",
+            include_str!("../src/store/migrations/sqlite/0004_audit_by_record.sql"),
+            include_str!("../src/store/migrations/postgres/0004_audit_by_record.sql"),
+        ),
+    ];
+    let mut migrator = sqlx::migrate::Migrator::with_migrations(
+        old.iter()
+            .map(|(version, description, sqlite, pg)| {
+                sqlx::migrate::Migration::new(
+                    *version,
+                    (*description).into(),
+                    sqlx::migrate::MigrationType::Simple,
+                    sqlx::SqlSafeStr::into_sql_str(if postgres { *pg } else { *sqlite }),
+                    false,
+                )
+            })
+            .collect(),
+    );
+    migrator.dangerous_set_table_name("cosell_migrations");
+    let statements = [
+        "INSERT INTO links (referral_id, entity, crm_id, state, updated_at) \
+         VALUES ('R1', 'opportunity', 'crm-1', 'synced', 1)",
+        "INSERT INTO cursors (name, value, updated_at) VALUES ('pc_reconcile', 'then', 1)",
+        "INSERT INTO jobs (job_key, kind, payload, enqueued_at, not_before) \
+         VALUES ('referral:R1', 'pc_event', '{}', 1, 1)",
+        "INSERT INTO audit_log (at, referral_id, flow, outcome, message, details) \
+         VALUES (1, 'R1', 'f', 'failed', 'm', '{}')",
+        "INSERT INTO api_usage (api, day, calls, updated_at) VALUES ('dataverse', '2026-01-01', 5, 1)",
+    ];
+    if postgres {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        migrator.run(&pool).await.expect("schema 4");
+        for statement in statements {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+    } else {
+        let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        migrator.run(&pool).await.expect("schema 4");
+        for statement in statements {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+    }
+
+    let store = Store::open(&url).await.expect("migrates to schema 5");
+    assert_eq!(
+        store.link("R1").await.unwrap().unwrap().crm_id.as_deref(),
+        Some("crm-1")
+    );
+    assert_eq!(
+        store.cursor("pc_reconcile").await.unwrap().as_deref(),
+        Some("then")
+    );
+    assert_eq!(store.inbox_stats().await.unwrap().pending, 1);
+    assert_eq!(store.recent_failures(5).await.unwrap().len(), 1);
+    assert_eq!(store.api_usage("2026-01-01").await.unwrap()[0].calls, 5);
+    let other = store.pipeline("other").unwrap();
+    assert!(other.link("R1").await.unwrap().is_none());
+    assert_eq!(other.inbox_stats().await.unwrap().pending, 0);
+    // New rows after the upgrade coexist with the old ones' keys in another pipeline.
+    let mut link = Link::new("R1", "opportunity", "synced");
+    link.crm_id = Some("crm-1".into());
+    other.save_link(&link).await.unwrap();
+    store.close().await;
+    if let Some(schema) = schema {
+        postgres_admin(&format!("DROP SCHEMA {schema} CASCADE")).await;
+    }
+}
+
+/// Two PostgreSQL stores on one database stand for two instances.
+async fn two_instances() -> (Store, Store, String) {
+    let schema = unique_schema();
+    let fixture = postgres_fixture(&schema).await;
+    let second = fixture.open_again().await;
+    (fixture.store, second, schema)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_poller_leadership_is_exclusive_and_moves_when_the_leader_dies() {
+    let (one, two, schema) = two_instances().await;
+    let mut first = one.leadership();
+    let mut second = two.leadership();
+    assert!(first.check().await, "the first to ask leads");
+    assert!(!second.check().await, "one leader at a time");
+    assert!(first.check().await, "and it keeps leading");
+    assert!(!second.check().await);
+    // Another pipeline has a leadership of its own.
+    assert!(two.pipeline("other").unwrap().leadership().check().await);
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !second.check().await {
+        assert!(Instant::now() < deadline, "the leadership never moved");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(second.is_leading());
+    let mut third = one.leadership();
+    assert!(!third.check().await, "the new leader keeps it");
+    one.close().await;
+    two.close().await;
+    postgres_admin(&format!("DROP SCHEMA {schema} CASCADE")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_name_locks_serialize_instances() {
+    let (one, two, schema) = two_instances().await;
+    let names = vec!["account{\"name\":\"contoso\"}".to_string()];
+    let held = one.lock_names("customer", &names).await.unwrap();
+    let waiting = {
+        let two = two.clone();
+        let names = names.clone();
+        tokio::spawn(async move { two.lock_names("customer", &names).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the second instance waits for the first"
+    );
+    // Other names, and the same name in another pipeline, do not wait.
+    let free = two
+        .lock_names("customer", &["account{\"name\":\"fabrikam\"}".to_string()])
+        .await
+        .unwrap();
+    free.release().await;
+    let elsewhere = two
+        .pipeline("other")
+        .unwrap()
+        .lock_names("customer", &names)
+        .await
+        .unwrap();
+    elsewhere.release().await;
+    held.release().await;
+    let second = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("released to the second instance")
+        .unwrap()
+        .unwrap();
+    // A guard dropped without release (a failed or cancelled job) frees the names too.
+    drop(second);
+    let again = tokio::time::timeout(Duration::from_secs(10), one.lock_names("customer", &names))
+        .await
+        .expect("a dropped guard releases its names")
+        .unwrap();
+    again.release().await;
+    one.close().await;
+    two.close().await;
+    postgres_admin(&format!("DROP SCHEMA {schema} CASCADE")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_instances_starting_at_once_migrate_once() {
+    let schema = unique_schema();
+    postgres_admin(&format!("CREATE SCHEMA {schema}")).await;
+    let url = format!(
+        "{}?options=-c%20search_path%3D{schema}",
+        postgres_base_url()
+    );
+    let opening: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { Store::open(&url).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for open in opening {
+        stores.push(open.await.unwrap().expect("every instance opens"));
+    }
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM cosell_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, SCHEMA_VERSION, "each version applied once");
+    pool.close().await;
+    for store in stores {
+        store.close().await;
+    }
+    postgres_admin(&format!("DROP SCHEMA {schema} CASCADE")).await;
+}
+
 // ---- backend-specific ------------------------------------------------------------------
 
 #[tokio::test]
@@ -1226,7 +1686,7 @@ async fn sqlite_creates_parent_directories_and_enables_wal() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(version, 4, "every migration applied");
+    assert_eq!(version, 5, "every migration applied");
     assert_eq!(version, SCHEMA_VERSION);
 
     // A database a newer cosell migrated further is refused, not used with an unknown schema.

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 
 use super::Format;
 use crate::mapping::transforms::datetime::DateTime;
-use crate::store::{AuditEntry, Store, utc_day};
+use crate::store::DEFAULT_PIPELINE;
+use crate::store::{AuditEntry, PollerRun, Store, utc_day};
 
 /// Where the state lives, shared by the operations commands.
 #[derive(Debug, Clone, clap::Args)]
@@ -17,6 +18,10 @@ pub struct StateArgs {
     /// State store: `sqlite://path/to/state.db` or `postgres://user@host/db`.
     #[arg(long, env = "COSELL_STATE", default_value = DEFAULT_STATE, value_name = "URL")]
     pub state: String,
+    /// The pipeline to show or act on, when several configs share the store (see
+    /// `cosell run --pipeline`).
+    #[arg(long, env = "COSELL_PIPELINE", default_value = DEFAULT_PIPELINE, value_name = "NAME")]
+    pub pipeline: String,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
@@ -56,7 +61,10 @@ pub fn run(args: &StateArgs, operation: &Operation) -> ExitCode {
         Err(code) => return code,
     };
     runtime.block_on(async {
-        let store = match Store::open(&args.state).await {
+        let store = match Store::open(&args.state)
+            .await
+            .and_then(|store| store.pipeline(&args.pipeline))
+        {
             Ok(store) => store,
             Err(error) => {
                 eprintln!("error: {error}");
@@ -111,12 +119,24 @@ async fn status(store: &Store, format: Format) -> Outcome {
     let inbox = store.inbox_stats().await?;
     let day = utc_day(SystemTime::now());
     let usage = store.api_usage(&day).await?;
+    // The newest run of each poller: which instance leads, and whether polling is alive.
+    let mut pollers: Vec<PollerRun> = Vec::new();
+    for run in store.poller_runs(20).await?.into_iter().rev() {
+        if !pollers.iter().any(|p| p.poller == run.poller) {
+            pollers.push(run);
+        }
+    }
+    pollers.sort_by(|a, b| a.poller.cmp(&b.poller));
+    let ms = |at: i64| {
+        UNIX_EPOCH + Duration::from_millis(u64::try_from(at).unwrap_or(0))
+    };
     match format {
         Format::Json => {
             println!(
                 "{}",
                 json!({
                     "state": store.url(),
+                    "pipeline": store.pipeline_name(),
                     "links": links,
                     "inbox": {
                         "pending": inbox.pending,
@@ -125,6 +145,12 @@ async fn status(store: &Store, format: Format) -> Outcome {
                         "lag_seconds": seconds(inbox.lag),
                     },
                     "dead_letters": inbox.dead_letters,
+                    "pollers": pollers.iter().map(|p| (p.poller.clone(), json!({
+                        "instance": p.instance,
+                        "started_at": timestamp(ms(p.started_at)),
+                        "finished_at": p.finished_at.map(|f| timestamp(ms(f))),
+                        "outcome": p.outcome,
+                    }))).collect::<serde_json::Map<_, _>>(),
                     "api_usage": {
                         "day": day,
                         "upstreams": usage.iter().map(|u| (u.api.clone(), json!({
@@ -139,6 +165,7 @@ async fn status(store: &Store, format: Format) -> Outcome {
         }
         Format::Human => {
             println!("state      {}", store.url());
+            println!("pipeline   {}", store.pipeline_name());
             let total: u64 = links.values().sum();
             println!("links      {total}");
             for (state, count) in &links {
@@ -155,6 +182,23 @@ async fn status(store: &Store, format: Format) -> Outcome {
             println!("dead       {}", inbox.dead_letters);
             if inbox.dead_letters > 0 {
                 println!("           see `cosell failures`, then `cosell replay --all`");
+            }
+            if pollers.is_empty() {
+                println!("pollers    none run yet");
+            } else {
+                println!("pollers    last run (on the leading instance)");
+                for p in &pollers {
+                    let ago = SystemTime::now()
+                        .duration_since(ms(p.started_at))
+                        .unwrap_or_default()
+                        .as_secs();
+                    let how = match (&p.outcome, p.finished_at) {
+                        (Some(outcome), _) if outcome == "ok" => "ok".to_owned(),
+                        (Some(outcome), _) => format!("failed: {outcome}"),
+                        (None, _) => "running (or its instance stopped)".to_owned(),
+                    };
+                    println!("  {:<10} {ago} s ago on {}, {how}", p.poller, p.instance);
+                }
             }
             if usage.is_empty() {
                 println!("api calls  none recorded on {day} (UTC)");

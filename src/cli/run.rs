@@ -23,7 +23,18 @@ use crate::engine::usage::{self, UsageRecorder};
 use crate::mapping::plan::Plan;
 use crate::sandbox::{self, SandboxOptions};
 use crate::server::{self, ServerOptions};
-use crate::store::Store;
+use crate::store::{DEFAULT_PIPELINE, Store, redact_url};
+
+/// The instance name used without `--instance`: the host name (a Kubernetes pod's name, a
+/// VM's name), else `cosell-<pid>`.
+fn default_instance() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| format!("cosell-{}", std::process::id()))
+}
 
 /// Where to find Partner Center and the CRM.
 #[derive(Debug, Clone, clap::Args)]
@@ -42,6 +53,10 @@ pub struct TargetArgs {
     /// with --sandbox a fresh `sqlite://.cosell/sandbox-state.db`).
     #[arg(long, env = "COSELL_STATE", value_name = "URL")]
     state: Option<String>,
+    /// The pipeline this config's state is kept under. Configs (partners, CRMs) sharing one
+    /// state database each need their own; the instances running one config share it.
+    #[arg(long, env = "COSELL_PIPELINE", default_value = DEFAULT_PIPELINE, value_name = "NAME")]
+    pipeline: String,
     #[command(flatten)]
     settings: SettingArgs,
 }
@@ -61,6 +76,15 @@ pub struct RunArgs {
     /// Jobs processed at once.
     #[arg(long, default_value_t = 8, value_name = "N")]
     concurrency: usize,
+    /// This instance's name among the instances sharing a PostgreSQL store (default: the
+    /// host name). Unique among live instances; a restart under the same name takes back
+    /// its predecessor's jobs at once instead of waiting for their leases to expire.
+    #[arg(long, env = "COSELL_INSTANCE", value_name = "NAME")]
+    instance: Option<String>,
+    /// Seconds a claimed job stays this instance's without renewal; after a crash, another
+    /// instance takes the job over when it expires.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    lease: u64,
     /// Seconds between Partner Center reconciles (catches missed webhooks).
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     reconcile_every: u64,
@@ -175,7 +199,11 @@ async fn setup(
     };
     let store = Store::open(&state)
         .await
-        .with_context(|| format!("state store {state}"))?;
+        .and_then(|store| store.pipeline(&target.pipeline))
+        .with_context(|| format!("state store {}", redact_url(&state)))?;
+    if !dry_run {
+        store.claim_pipeline(config.crm.as_str()).await?;
+    }
     if let Some(handle) = &sandbox {
         // Seed: referrals waiting in Partner Center, customers and opportunities in the
         // CRM, a few of them flagged for co-sell by a seller.
@@ -239,20 +267,22 @@ async fn run_async(args: &RunArgs, config: Config, plan: Plan) -> anyhow::Result
         );
     }
     let engine = Arc::new(setup.engine);
-    // One engine per SQLite state file; what a crashed predecessor held is claimable now
-    // rather than when its leases expire. Held until this function returns.
-    let _engine_lock = match engine.store().lock_single_engine().await? {
-        Some((lock, released)) => {
-            if released > 0 {
-                tracing::info!(
-                    "{released} job(s) left in progress by a stopped engine are queued again"
-                );
-            }
-            Some(lock)
-        }
-        None => None,
-    };
+    // This instance's name: one engine per SQLite state file, one live instance per name
+    // on PostgreSQL. What a crashed predecessor held is claimable now rather than when its
+    // leases expire. Held until this function returns.
+    let instance = args.instance.clone().unwrap_or_else(default_instance);
+    let (_instance_lock, released) = engine.store().start_instance(&instance).await?;
+    if released > 0 {
+        tracing::info!("{released} job(s) left in progress by a stopped engine are queued again");
+    }
+    tracing::info!(
+        "instance '{instance}' of pipeline '{}' on {} store",
+        engine.store().pipeline_name(),
+        engine.store().kind()
+    );
     let mut options = RunOptions {
+        worker: instance,
+        lease: Duration::from_secs(args.lease.max(5)),
         concurrency: args.concurrency.max(1),
         reconcile_every: Duration::from_secs(args.reconcile_every.max(1)),
         poll_every: Duration::from_secs(args.poll_every.max(1)),
@@ -298,8 +328,16 @@ async fn run_async(args: &RunArgs, config: Config, plan: Plan) -> anyhow::Result
             "listening on http://{bound} (webhooks at {path}, /healthz, /readyz, /metrics)"
         );
         if sandboxed {
-            // The webhook goes to the address actually bound.
-            let url = format!("http://{bound}{path}");
+            // The webhook goes to the address actually bound, or to the configured public
+            // URL (a load balancer in front of several instances).
+            let url = setup
+                .config
+                .connections
+                .webhooks
+                .as_ref()
+                .and_then(|w| w.public_url.clone())
+                .filter(|_| setup.sandbox.is_none())
+                .unwrap_or_else(|| format!("http://{bound}{path}"));
             let mut events: Vec<&str> = super::webhook::REFERRAL_EVENTS.to_vec();
             events.push("test-created");
             engine

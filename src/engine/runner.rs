@@ -16,7 +16,7 @@ use super::inbox::referral_key;
 use super::sync::{CRM_CHANGE, Engine, JobError, JobOutcome, PC_REFERRAL};
 use crate::connectors::partner_center::{ODataFilter, ReferralQuery};
 use crate::mapping::transforms::datetime::DateTime;
-use crate::store::{Job, NewJob, StoreError};
+use crate::store::{Job, Leadership, NewJob, StoreError};
 
 /// Cursor of the Partner Center reconcile (an `updatedDateTime`).
 pub const RECONCILE_CURSOR: &str = "pc_reconcile";
@@ -24,7 +24,8 @@ pub const RECONCILE_CURSOR: &str = "pc_reconcile";
 /// How the runner behaves.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// This process's name in job leases.
+    /// This instance's name: the owner of its job leases and of its poller runs. Unique
+    /// among the live instances of a pipeline (the store refuses a second one).
     pub worker: String,
     /// Jobs processed at once.
     pub concurrency: usize,
@@ -91,18 +92,58 @@ pub struct Runner {
     wake: Arc<Notify>,
     seen: Arc<std::sync::Mutex<HashMap<String, String>>>,
     activity: Arc<watch::Sender<Activity>>,
+    /// Whether this instance runs the periodic pollers (one instance of a pipeline at a time).
+    leadership: Arc<tokio::sync::Mutex<Leadership>>,
 }
+
+/// The Partner Center reconcile, as named in poller runs.
+pub const RECONCILE_POLLER: &str = "reconcile";
+/// The CRM change poll, as named in poller runs.
+pub const CRM_POLLER: &str = "crm_poll";
 
 impl Runner {
     /// A runner for `engine`.
     pub fn new(engine: Arc<Engine>, options: RunOptions) -> Runner {
         Runner {
-            engine,
             options,
             wake: Arc::new(Notify::new()),
             seen: Arc::new(std::sync::Mutex::new(HashMap::new())),
             activity: Arc::new(watch::channel(Activity::default()).0),
+            leadership: Arc::new(tokio::sync::Mutex::new(engine.store().leadership())),
+            engine,
         }
+    }
+
+    /// Whether this instance runs the pollers now: takes the pipeline's poller leadership
+    /// when it is free, keeps it while this instance's session lives. Always on SQLite.
+    pub async fn leads(&self) -> bool {
+        self.leadership.lock().await.check().await
+    }
+
+    /// Runs poller `poller` ([`RECONCILE_POLLER`] or [`CRM_POLLER`]) if this instance leads,
+    /// recording the run in the store; `None` when another instance leads.
+    pub async fn run_poller(&self, poller: &'static str) -> Option<Result<u64, JobError>> {
+        if !self.leads().await {
+            return None;
+        }
+        let store = self.engine.store();
+        let run = match store.poller_started(poller, &self.options.worker).await {
+            Ok(id) => id,
+            Err(error) => return Some(Err(error.into())),
+        };
+        let result = if poller == RECONCILE_POLLER {
+            self.reconcile().await
+        } else {
+            self.poll_crm().await
+        };
+        let outcome = match &result {
+            Ok(_) => "ok".to_owned(),
+            Err(error) => error.message().to_owned(),
+        };
+        if let Err(error) = store.poller_finished(run, &outcome).await {
+            tracing::warn!("{poller}: recording the run: {error}");
+        }
+        Some(result)
     }
 
     /// What this runner (and its clones) has done so far; the receiver sees every change.
@@ -510,7 +551,14 @@ impl Runner {
         let mut total = Drained::default();
         let mut rounds = 0;
         loop {
-            let found = self.reconcile().await? + self.poll_crm().await?;
+            // Pollers run on the leader only: with other instances running, this one may
+            // just help drain what they find.
+            let mut found = 0;
+            for poller in [RECONCILE_POLLER, CRM_POLLER] {
+                if let Some(result) = self.run_poller(poller).await {
+                    found += result?;
+                }
+            }
             // Drain until the inbox is empty. This ends: retries are bounded (then a dead
             // letter), and leases left by a crashed worker expire. Leased jobs are not ours
             // once `drain` returns: another worker's, or a dead one's.
@@ -574,10 +622,12 @@ impl Runner {
             let runner = self.clone();
             tokio::spawn(async move {
                 loop {
-                    match runner.reconcile().await {
-                        Ok(n) if n > 0 => tracing::info!("reconcile: {n} referral(s) to sync"),
-                        Ok(_) => {}
-                        Err(error) => tracing::warn!("reconcile: {}", error.message()),
+                    match runner.run_poller(RECONCILE_POLLER).await {
+                        Some(Ok(n)) if n > 0 => {
+                            tracing::info!("reconcile: {n} referral(s) to sync");
+                        }
+                        Some(Err(error)) => tracing::warn!("reconcile: {}", error.message()),
+                        Some(Ok(_)) | None => {}
                     }
                     tokio::time::sleep(runner.options.reconcile_every).await;
                 }
@@ -587,10 +637,12 @@ impl Runner {
             let runner = self.clone();
             tokio::spawn(async move {
                 loop {
-                    match runner.poll_crm().await {
-                        Ok(n) if n > 0 => tracing::info!("CRM poll: {n} record(s) to sync"),
-                        Ok(_) => {}
-                        Err(error) => tracing::warn!("CRM poll: {}", error.message()),
+                    // Also how a follower notices the leader is gone: each tick tries to take
+                    // the leadership.
+                    match runner.run_poller(CRM_POLLER).await {
+                        Some(Ok(n)) if n > 0 => tracing::info!("CRM poll: {n} record(s) to sync"),
+                        Some(Err(error)) => tracing::warn!("CRM poll: {}", error.message()),
+                        Some(Ok(_)) | None => {}
                     }
                     let depth = runner
                         .engine

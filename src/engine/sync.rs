@@ -1119,29 +1119,27 @@ impl Engine {
         snapshot: &mut Snapshot,
     ) -> Result<Result<(String, bool), String>, JobError> {
         let record = Arc::new(referral.clone());
-        let plan = &self.plan;
-        let input = Input {
-            record: &record,
-            parent: None,
-            operation: Operation::Create,
-        };
-        let create = |name: &str| plan.lookup_create_text(flow, name, &input);
         let existing = Find {
             entity: flow.entity.clone(),
             id_field: id_field.to_owned(),
             criteria: object(json!({ flow.referral_id_field.clone(): rid })),
         };
-        // Hold the locks of every lookup that may create, from its search to the write.
-        // Within one process; several instances sharing a store would need the database
-        // to arbitrate (README, "Going to production").
-        let mut stripes: Vec<usize> = target
+        // Hold the locks of every lookup that may create, from its search to the write:
+        // in this process (striped mutexes), and across the instances sharing a PostgreSQL
+        // store (advisory locks on the same names; a no-op on SQLite, which has one engine).
+        let mut names: Vec<String> = target
             .lookups
             .iter()
             .filter(|l| l.on_missing == crate::config::model::OnMissing::Create)
-            .map(|l| {
-                // Lower case: both CRMs match text ignoring case.
-                let key = format!("{}{}", l.name, Value::Object(l.matches.clone())).to_lowercase();
-                usize::from_str_radix(&hash(&Value::String(key))[..8], 16).unwrap_or(0)
+            // Lower case: both CRMs match text ignoring case.
+            .map(|l| format!("{}{}", l.name, Value::Object(l.matches.clone())).to_lowercase())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut stripes: Vec<usize> = names
+            .iter()
+            .map(|name| {
+                usize::from_str_radix(&hash(&Value::String(name.clone()))[..8], 16).unwrap_or(0)
                     % CUSTOMER_LOCK_STRIPES
             })
             .collect();
@@ -1152,6 +1150,33 @@ impl Engine {
             // Ascending order: no two jobs wait on each other.
             _held.push(self.customer_locks[stripe].lock().await);
         }
+        let shared = self.store.lock_names("customer", &names).await?;
+        let result = self
+            .create_locked(flow, &record, rid, id_field, &existing, target, snapshot)
+            .await;
+        shared.release().await;
+        result
+    }
+
+    /// [`Engine::create_in_crm`] once its find-or-create locks are held.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_locked(
+        &self,
+        flow: &FlowPlan,
+        record: &Arc<Value>,
+        rid: &str,
+        id_field: &str,
+        existing: &Find,
+        target: &mut TargetRecord,
+        snapshot: &mut Snapshot,
+    ) -> Result<Result<(String, bool), String>, JobError> {
+        let plan = &self.plan;
+        let input = Input {
+            record,
+            parent: None,
+            operation: Operation::Create,
+        };
+        let create = |name: &str| plan.lookup_create_text(flow, name, &input);
         let mut set = WriteSet::default();
         let (outcomes, found) = {
             let mut cache = self.cache.lock().await;
@@ -1162,7 +1187,7 @@ impl Engine {
                 &create,
                 &mut cache,
                 &mut set,
-                std::slice::from_ref(&existing),
+                std::slice::from_ref(existing),
             )
             .await?
         };
@@ -1204,7 +1229,7 @@ impl Engine {
                 let mapped = self.plan.evaluate(
                     child_flow,
                     &Input {
-                        record: &record,
+                        record,
                         parent: Some(&parent_record),
                         operation: Operation::Create,
                     },
@@ -1266,7 +1291,7 @@ impl Engine {
             let mapped = self.plan.evaluate(
                 child_flow,
                 &Input {
-                    record: &record,
+                    record,
                     parent: Some(&parent_record),
                     operation: Operation::Create,
                 },

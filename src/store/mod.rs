@@ -46,6 +46,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -89,6 +90,16 @@ pub enum StoreError {
     Conflict {
         /// Which rule and which records.
         message: String,
+    },
+    /// A pipeline name that is empty, too long or has characters other than
+    /// `a-z A-Z 0-9 . _ -`.
+    #[error(
+        "invalid pipeline name {name:?}: use 1–63 letters, digits, '.', '_' or '-' \
+         (e.g. contoso-dynamics)"
+    )]
+    InvalidPipeline {
+        /// The name given (first 80 characters).
+        name: String,
     },
     /// The job is no longer leased by this worker under this claim: its lease expired and
     /// another claim took it over, or it was already completed. The caller must drop its
@@ -399,6 +410,12 @@ pub struct Store {
     url: String,
     /// The database file, for a SQLite file store.
     sqlite_file: Option<std::path::PathBuf>,
+    /// The pipeline every row this handle reads or writes belongs to ([`Store::pipeline`]).
+    pipeline: Arc<str>,
+    /// PostgreSQL connections that hold session advisory locks (customer find-or-create),
+    /// apart from the main pool so a worker waiting for a lock never starves the others of
+    /// connections for their ordinary queries.
+    lock_pool: Option<PgPool>,
 }
 
 impl fmt::Debug for Store {
@@ -406,6 +423,7 @@ impl fmt::Debug for Store {
         f.debug_struct("Store")
             .field("kind", &self.kind())
             .field("url", &self.url)
+            .field("pipeline", &&*self.pipeline)
             .finish()
     }
 }
@@ -421,6 +439,10 @@ macro_rules! with_pool {
         }
     };
 }
+
+// After `with_pool!`: macro_rules are visible only below their definition.
+mod cluster;
+pub use cluster::{InstanceLock, KeyLocks, Leadership, PollerRun};
 
 /// Starting a transaction that will write.
 trait WritePool {
@@ -516,10 +538,24 @@ const STEPS: &[Step] = &[
         sqlite: include_str!("migrations/sqlite/0004_audit_by_record.sql"),
         postgres: include_str!("migrations/postgres/0004_audit_by_record.sql"),
     },
+    Step {
+        version: 5,
+        description: "pipelines",
+        sqlite: include_str!("migrations/sqlite/0005_pipelines.sql"),
+        postgres: include_str!("migrations/postgres/0005_pipelines.sql"),
+    },
 ];
 
 /// The newest schema version this build knows (what [`Store::open`] migrates to).
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
+
+/// The pipeline of a store opened without [`Store::pipeline`] (and of every row written before
+/// schema 5).
+pub const DEFAULT_PIPELINE: &str = "default";
+
+/// Connections a PostgreSQL store keeps apart for advisory locks: one per job that holds a
+/// find-or-create lock at a time (at most the engine's concurrency).
+const LOCK_CONNECTIONS: u32 = 32;
 
 /// Where applied versions are recorded. Not sqlx's default `_sqlx_migrations`: a PostgreSQL
 /// schema shared with another sqlx application would mix both histories.
@@ -566,10 +602,11 @@ fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
 // job of the key with a live lease. The last test is redundant while only heads get leased,
 // but it keeps a key exclusive even if two jobs of a key were enqueued concurrently and
 // committed out of id order (PostgreSQL), the later one becoming visible as head first.
-const CLAIMABLE: &str = "j.not_before <= $1 \
+const CLAIMABLE: &str = "j.pipeline = $5 AND j.not_before <= $1 \
      AND (j.lease_until IS NULL OR j.lease_until <= $1) \
-     AND j.id = (SELECT min(o.id) FROM jobs o WHERE o.job_key = j.job_key) \
-     AND NOT EXISTS (SELECT 1 FROM jobs l WHERE l.job_key = j.job_key AND l.lease_until > $1)";
+     AND j.id = (SELECT min(o.id) FROM jobs o WHERE o.pipeline = $5 AND o.job_key = j.job_key) \
+     AND NOT EXISTS (SELECT 1 FROM jobs l WHERE l.pipeline = $5 AND l.job_key = j.job_key \
+         AND l.lease_until > $1)";
 
 fn claim_sql(postgres: bool) -> String {
     if postgres {
@@ -759,6 +796,7 @@ impl Store {
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         let shown = redact_url(url);
         let mut sqlite_file = None;
+        let mut lock_pool = None;
         let backend = match url::parse(url)? {
             url::Target::SqliteMemory => {
                 // Every connection to `:memory:` is a separate database, so exactly one
@@ -796,7 +834,14 @@ impl Store {
                 let pool = PgPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(30))
-                    .connect_lazy_with(options);
+                    .connect_lazy_with(options.clone());
+                lock_pool = Some(
+                    PgPoolOptions::new()
+                        .max_connections(LOCK_CONNECTIONS)
+                        .min_connections(0)
+                        .acquire_timeout(Duration::from_secs(60))
+                        .connect_lazy_with(options),
+                );
                 Backend::Postgres(pool)
             }
         };
@@ -804,6 +849,8 @@ impl Store {
             backend,
             url: shown,
             sqlite_file,
+            pipeline: Arc::from(DEFAULT_PIPELINE),
+            lock_pool,
         };
         store.migrate().await?;
         Ok(store)
@@ -836,6 +883,65 @@ impl Store {
         })
     }
 
+    /// The same store scoped to pipeline `name`: every link, cursor, job, dead letter, audit
+    /// entry and usage count it reads or writes is that pipeline's, invisible to the others.
+    /// [`StoreError::InvalidPipeline`] unless `name` is 1–63 characters of `a-z A-Z 0-9 . _ -`.
+    pub fn pipeline(&self, name: &str) -> Result<Store, StoreError> {
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !valid {
+            return Err(StoreError::InvalidPipeline {
+                name: name.chars().take(80).collect(),
+            });
+        }
+        let mut scoped = self.clone();
+        scoped.pipeline = Arc::from(name);
+        Ok(scoped)
+    }
+
+    /// The pipeline this handle is scoped to ([`DEFAULT_PIPELINE`] unless [`Store::pipeline`]
+    /// chose another).
+    pub fn pipeline_name(&self) -> &str {
+        &self.pipeline
+    }
+
+    /// Records that this pipeline syncs with `crm` (`dynamics365`, `salesforce`), or checks
+    /// that it already does: [`StoreError::Conflict`] if the pipeline belongs to another
+    /// CRM, so two configs that forgot to name their pipelines never share state.
+    pub async fn claim_pipeline(&self, crm: &str) -> Result<(), StoreError> {
+        let owner = with_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO pipelines (pipeline, crm, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (pipeline) DO NOTHING",
+            )
+            .bind(&*self.pipeline)
+            .bind(crm)
+            .bind(now_ms())
+            .execute(pool)
+            .await
+            .map_err(db("registering the pipeline"))?;
+            sqlx::query("SELECT crm FROM pipelines WHERE pipeline = $1")
+                .bind(&*self.pipeline)
+                .fetch_one(pool)
+                .await
+                .and_then(|row| row.text("crm"))
+                .map_err(db("registering the pipeline"))?
+        });
+        if owner != crm {
+            return Err(StoreError::Conflict {
+                message: format!(
+                    "pipeline '{}' in {} syncs with {owner}, not {crm}; give this config a \
+                     pipeline of its own (--pipeline NAME or COSELL_PIPELINE)",
+                    self.pipeline, self.url
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// `"sqlite"` or `"postgres"`.
     pub fn kind(&self) -> &'static str {
         match self.backend {
@@ -863,11 +969,12 @@ impl Store {
     /// The link of `referral_id`, if any.
     pub async fn link(&self, referral_id: &str) -> Result<Option<Link>, StoreError> {
         let text = sql(format!(
-            "SELECT {LINK_COLUMNS} FROM links WHERE referral_id = $1"
+            "SELECT {LINK_COLUMNS} FROM links WHERE pipeline = $2 AND referral_id = $1"
         ));
         with_pool!(self, |pool| {
             let row = sqlx::query(text)
                 .bind(referral_id)
+                .bind(&*self.pipeline)
                 .fetch_optional(pool)
                 .await
                 .map_err(db("reading a link"))?;
@@ -885,12 +992,13 @@ impl Store {
         crm_id: &str,
     ) -> Result<Option<Link>, StoreError> {
         let text = sql(format!(
-            "SELECT {LINK_COLUMNS} FROM links WHERE entity = $1 AND crm_id = $2"
+            "SELECT {LINK_COLUMNS} FROM links WHERE pipeline = $3 AND entity = $1 AND crm_id = $2"
         ));
         with_pool!(self, |pool| {
             let row = sqlx::query(text)
                 .bind(entity)
                 .bind(crm_id)
+                .bind(&*self.pipeline)
                 .fetch_optional(pool)
                 .await
                 .map_err(db("reading a link"))?;
@@ -907,8 +1015,9 @@ impl Store {
     /// one CRM record never stands for two referrals.
     pub async fn save_link(&self, link: &Link) -> Result<(), StoreError> {
         let text = sql(format!(
-            "INSERT INTO links ({LINK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-             ON CONFLICT (referral_id) DO UPDATE SET entity = excluded.entity, \
+            "INSERT INTO links ({LINK_COLUMNS}, pipeline) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT (pipeline, referral_id) DO UPDATE SET entity = excluded.entity, \
              crm_id = excluded.crm_id, state = excluded.state, pc_hash = excluded.pc_hash, \
              crm_hash = excluded.crm_hash, pc_etag = excluded.pc_etag, \
              crm_version = excluded.crm_version, pc_synced_at = excluded.pc_synced_at, \
@@ -929,6 +1038,7 @@ impl Store {
                 .bind(link.crm_synced_at.map(to_ms))
                 .bind(now_ms())
                 .bind(link.snapshot.as_ref().map(json_text))
+                .bind(&*self.pipeline)
                 .execute(pool)
                 .await
                 .map(|_| ())
@@ -956,7 +1066,7 @@ impl Store {
     /// that names only the child finds its parent. A scan, meant for rare events.
     pub async fn links_mentioning(&self, needle: &str) -> Result<Vec<Link>, StoreError> {
         let text = sql(format!(
-            "SELECT {LINK_COLUMNS} FROM links WHERE snapshot LIKE $1"
+            "SELECT {LINK_COLUMNS} FROM links WHERE pipeline = $2 AND snapshot LIKE $1"
         ));
         let pattern = format!(
             "%\"{}\"%",
@@ -966,6 +1076,7 @@ impl Store {
         with_pool!(self, |pool| {
             let rows = sqlx::query(text)
                 .bind(&pattern)
+                .bind(&*self.pipeline)
                 .fetch_all(pool)
                 .await
                 .map_err(db("reading links"))?;
@@ -979,10 +1090,13 @@ impl Store {
     /// How many links are in each state.
     pub async fn links_by_state(&self) -> Result<BTreeMap<String, u64>, StoreError> {
         with_pool!(self, |pool| {
-            let rows = sqlx::query("SELECT state, count(*) AS n FROM links GROUP BY state")
-                .fetch_all(pool)
-                .await
-                .map_err(db("counting links"))?;
+            let rows = sqlx::query(
+                "SELECT state, count(*) AS n FROM links WHERE pipeline = $1 GROUP BY state",
+            )
+            .bind(&*self.pipeline)
+            .fetch_all(pool)
+            .await
+            .map_err(db("counting links"))?;
             rows.iter()
                 .map(|row| Ok((row.text("state")?, count(row.int("n")?))))
                 .collect::<Result<BTreeMap<_, _>, sqlx::Error>>()
@@ -995,8 +1109,9 @@ impl Store {
     /// The value of cursor `name`, if set.
     pub async fn cursor(&self, name: &str) -> Result<Option<String>, StoreError> {
         with_pool!(self, |pool| {
-            let row = sqlx::query("SELECT value FROM cursors WHERE name = $1")
+            let row = sqlx::query("SELECT value FROM cursors WHERE pipeline = $2 AND name = $1")
                 .bind(name)
+                .bind(&*self.pipeline)
                 .fetch_optional(pool)
                 .await
                 .map_err(db("reading a cursor"))?;
@@ -1011,13 +1126,14 @@ impl Store {
     pub async fn set_cursor(&self, name: &str, value: &str) -> Result<(), StoreError> {
         with_pool!(self, |pool| {
             sqlx::query(
-                "INSERT INTO cursors (name, value, updated_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (name) DO UPDATE SET value = excluded.value, \
+                "INSERT INTO cursors (name, value, updated_at, pipeline) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (pipeline, name) DO UPDATE SET value = excluded.value, \
                  updated_at = excluded.updated_at",
             )
             .bind(name)
             .bind(value)
             .bind(now_ms())
+            .bind(&*self.pipeline)
             .execute(pool)
             .await
             .map_err(db("writing a cursor"))?;
@@ -1040,12 +1156,13 @@ impl Store {
                 // lock_single_engine: its worker is gone, it will run again). A job a worker
                 // has started may already have read the state this re-delivery reports.
                 let existing = sqlx::query(
-                    "SELECT id FROM jobs WHERE job_key = $1 AND kind = $2 AND payload = $3 \
-                     AND lease_owner IS NULL ORDER BY id LIMIT 1",
+                    "SELECT id FROM jobs WHERE pipeline = $4 AND job_key = $1 AND kind = $2 \
+                     AND payload = $3 AND lease_owner IS NULL ORDER BY id LIMIT 1",
                 )
                 .bind(&job.key)
                 .bind(&job.kind)
                 .bind(&payload)
+                .bind(&*self.pipeline)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db("enqueueing a job"))?;
@@ -1056,14 +1173,15 @@ impl Store {
                 }
             }
             let row = sqlx::query(
-                "INSERT INTO jobs (job_key, kind, payload, enqueued_at, not_before) \
-                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                "INSERT INTO jobs (job_key, kind, payload, enqueued_at, not_before, pipeline) \
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
             )
             .bind(&job.key)
             .bind(&job.kind)
             .bind(&payload)
             .bind(now)
             .bind(not_before)
+            .bind(&*self.pipeline)
             .fetch_one(&mut *tx)
             .await
             .map_err(db("enqueueing a job"))?;
@@ -1094,6 +1212,7 @@ impl Store {
                 .bind(worker)
                 .bind(now.saturating_add(duration_ms(lease)))
                 .bind(self::limit(limit))
+                .bind(&*self.pipeline)
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(db("claiming jobs"))?;
@@ -1277,8 +1396,8 @@ impl Store {
                 read().map_err(db("dead-lettering a job"))?;
             sqlx::query(
                 "INSERT INTO dead_letters \
-                 (job_id, job_key, kind, payload, attempts, error, enqueued_at, failed_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 (job_id, job_key, kind, payload, attempts, error, enqueued_at, failed_at, \
+                 pipeline) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(job.id.0)
             .bind(key)
@@ -1288,6 +1407,7 @@ impl Store {
             .bind(error)
             .bind(enqueued_at)
             .bind(now)
+            .bind(&*self.pipeline)
             .execute(&mut *tx)
             .await
             .map_err(db("dead-lettering a job"))?;
@@ -1299,10 +1419,11 @@ impl Store {
     /// All dead letters, oldest first.
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
         let text = sql(format!(
-            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters ORDER BY id"
+            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE pipeline = $1 ORDER BY id"
         ));
         with_pool!(self, |pool| {
             let rows = sqlx::query(text)
+                .bind(&*self.pipeline)
                 .fetch_all(pool)
                 .await
                 .map_err(db("reading dead letters"))?;
@@ -1326,18 +1447,19 @@ impl Store {
         // Delete first and re-insert what the delete returned: two concurrent replays of the
         // same letter cannot both get it, so it is re-queued once.
         let text = sql(match id {
-            Some(_) => {
-                "DELETE FROM dead_letters WHERE id = $1 RETURNING id, job_key, kind, payload"
-                    .to_string()
-            }
-            None => "DELETE FROM dead_letters RETURNING id, job_key, kind, payload".to_string(),
+            Some(_) => "DELETE FROM dead_letters WHERE pipeline = $1 AND id = $2 \
+                 RETURNING id, job_key, kind, payload"
+                .to_string(),
+            None => "DELETE FROM dead_letters WHERE pipeline = $1 \
+                 RETURNING id, job_key, kind, payload"
+                .to_string(),
         });
         with_pool!(self, |pool| {
             let mut tx = pool
                 .begin_write()
                 .await
                 .map_err(db("replaying dead letters"))?;
-            let mut query = sqlx::query(text);
+            let mut query = sqlx::query(text).bind(&*self.pipeline);
             if let Some(id) = id {
                 query = query.bind(id);
             }
@@ -1360,13 +1482,14 @@ impl Store {
             letters.sort_by_key(|letter| letter.0);
             for (_, key, kind, payload) in &letters {
                 sqlx::query(
-                    "INSERT INTO jobs (job_key, kind, payload, enqueued_at, not_before) \
-                     VALUES ($1, $2, $3, $4, $4)",
+                    "INSERT INTO jobs (job_key, kind, payload, enqueued_at, not_before, pipeline) \
+                     VALUES ($1, $2, $3, $4, $4, $5)",
                 )
                 .bind(key)
                 .bind(kind)
                 .bind(payload)
                 .bind(now)
+                .bind(&*self.pipeline)
                 .execute(&mut *tx)
                 .await
                 .map_err(db("replaying dead letters"))?;
@@ -1389,10 +1512,11 @@ impl Store {
                      AND not_before > $1 THEN 1 END) AS scheduled, \
                  min(CASE WHEN (lease_until IS NULL OR lease_until <= $1) \
                      AND not_before <= $1 THEN enqueued_at END) AS oldest, \
-                 (SELECT count(*) FROM dead_letters) AS dead \
-                 FROM jobs",
+                 (SELECT count(*) FROM dead_letters WHERE pipeline = $2) AS dead \
+                 FROM jobs WHERE pipeline = $2",
             )
             .bind(now)
+            .bind(&*self.pipeline)
             .fetch_one(pool)
             .await
             .map_err(db("reading inbox stats"))?;
@@ -1436,9 +1560,9 @@ impl Store {
                 .map_err(db("recording API usage"))?;
             for entry in &sorted {
                 sqlx::query(
-                    "INSERT INTO api_usage (api, day, calls, daily_limit, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (api, day) DO UPDATE SET \
+                    "INSERT INTO api_usage (api, day, calls, daily_limit, updated_at, pipeline) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (pipeline, api, day) DO UPDATE SET \
                      calls = api_usage.calls + excluded.calls, \
                      daily_limit = excluded.daily_limit, updated_at = excluded.updated_at",
                 )
@@ -1451,6 +1575,7 @@ impl Store {
                         .map(|l| i64::try_from(l).unwrap_or(i64::MAX)),
                 )
                 .bind(now)
+                .bind(&*self.pipeline)
                 .execute(&mut *tx)
                 .await
                 .map_err(db("recording API usage"))?;
@@ -1465,9 +1590,10 @@ impl Store {
         with_pool!(self, |pool| {
             let rows = sqlx::query(
                 "SELECT api, day, calls, daily_limit, updated_at FROM api_usage \
-                 WHERE day = $1 ORDER BY api",
+                 WHERE pipeline = $2 AND day = $1 ORDER BY api",
             )
             .bind(day)
+            .bind(&*self.pipeline)
             .fetch_all(pool)
             .await
             .map_err(db("reading API usage"))?;
@@ -1493,8 +1619,8 @@ impl Store {
         with_pool!(self, |pool| {
             sqlx::query(
                 "INSERT INTO audit_log \
-                 (at, referral_id, crm_entity, crm_id, flow, outcome, message, details) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 (at, referral_id, crm_entity, crm_id, flow, outcome, message, details, pipeline) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(now_ms())
             .bind(&entry.referral_id)
@@ -1504,6 +1630,7 @@ impl Store {
             .bind(&entry.outcome)
             .bind(&entry.message)
             .bind(json_text(&entry.details))
+            .bind(&*self.pipeline)
             .execute(pool)
             .await
             .map_err(db("writing the audit log"))?;
@@ -1520,13 +1647,15 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError> {
         let text = sql(format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE referral_id = $1 OR crm_id = $1 \
+            "SELECT {AUDIT_COLUMNS} FROM audit_log \
+             WHERE pipeline = $3 AND (referral_id = $1 OR crm_id = $1) \
              ORDER BY id DESC LIMIT $2"
         ));
         with_pool!(self, |pool| {
             let rows = sqlx::query(text)
                 .bind(referral_id)
                 .bind(self::limit(limit))
+                .bind(&*self.pipeline)
                 .fetch_all(pool)
                 .await
                 .map_err(db("reading the audit log"))?;
@@ -1537,12 +1666,14 @@ impl Store {
     /// The newest `limit` audit entries with outcome [`FAILED`], newest first.
     pub async fn recent_failures(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         let text = sql(format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE outcome = $1 ORDER BY id DESC LIMIT $2"
+            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE pipeline = $3 AND outcome = $1 \
+             ORDER BY id DESC LIMIT $2"
         ));
         with_pool!(self, |pool| {
             let rows = sqlx::query(text)
                 .bind(FAILED)
                 .bind(self::limit(limit))
+                .bind(&*self.pipeline)
                 .fetch_all(pool)
                 .await
                 .map_err(db("reading the audit log"))?;
