@@ -1583,6 +1583,30 @@ async fn postgres_name_locks_serialize_instances() {
     postgres_admin(&format!("DROP SCHEMA {schema} CASCADE")).await;
 }
 
+/// `sslmode=require` (a managed database that refuses plain connections) works: the store's
+/// PostgreSQL client speaks TLS (rustls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls() {
+    let schema = unique_schema();
+    postgres_admin(&format!("CREATE SCHEMA {schema}")).await;
+    let url = format!(
+        "{}?sslmode=require&options=-c%20search_path%3D{schema}",
+        postgres_base_url()
+    );
+    let store = Store::open(&url).await.expect("a TLS connection");
+    store.set_cursor("tls", "yes").await.unwrap();
+    assert_eq!(store.cursor("tls").await.unwrap().as_deref(), Some("yes"));
+    store.close().await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(ssl, "the connection is encrypted");
+    pool.close().await;
+    postgres_admin(&format!("DROP SCHEMA {schema} CASCADE")).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_instances_starting_at_once_migrate_once() {
     let schema = unique_schema();

@@ -127,9 +127,7 @@ async fn status(store: &Store, format: Format) -> Outcome {
         }
     }
     pollers.sort_by(|a, b| a.poller.cmp(&b.poller));
-    let ms = |at: i64| {
-        UNIX_EPOCH + Duration::from_millis(u64::try_from(at).unwrap_or(0))
-    };
+    let ms = |at: i64| UNIX_EPOCH + Duration::from_millis(u64::try_from(at).unwrap_or(0));
     match format {
         Format::Json => {
             println!(

@@ -460,7 +460,7 @@ impl Runner {
     /// Claims and runs due jobs until none is due (or `stop` says so). Returns the tally.
     pub async fn drain(&self) -> Result<Drained, StoreError> {
         let mut tally = Drained::default();
-        let mut running: JoinSet<(Job, Result<JobOutcome, JobError>, Duration)> = JoinSet::new();
+        let mut running: JoinSet<(Job, Option<JobResult>, Duration)> = JoinSet::new();
         loop {
             let free = self.options.concurrency.saturating_sub(running.len());
             if free > 0 {
@@ -471,9 +471,10 @@ impl Runner {
                     .await?;
                 for job in jobs {
                     let engine = self.engine.clone();
+                    let lease = self.options.lease;
                     running.spawn(async move {
                         let started = std::time::Instant::now();
-                        let result = engine.handle(&job).await;
+                        let result = run_leased(&engine, &job, lease).await;
                         (job, result, started.elapsed())
                     });
                 }
@@ -482,6 +483,11 @@ impl Runner {
                 return Ok(tally);
             };
             let Ok((job, result, elapsed)) = joined else {
+                continue;
+            };
+            let Some(result) = result else {
+                // The lease was lost mid-job: the job is another worker's now.
+                self.activity.send_modify(|a| a.settled += 1);
                 continue;
             };
             self.settle(&job, result, elapsed, &mut tally).await?;
@@ -661,6 +667,50 @@ impl Runner {
         reconcile.abort();
         poll.abort();
         Ok(())
+    }
+}
+
+/// What handling one job came to.
+type JobResult = Result<JobOutcome, JobError>;
+
+/// Runs `job`, renewing its lease every third of `lease` while it runs, so a job that takes
+/// long (a `Retry-After` of minutes from a throttled service, a slow upstream) stays this
+/// worker's and is never run by two workers at once. `None` when the lease was lost anyway
+/// (this worker stalled past it and another took the job over): the job is then abandoned
+/// mid-way — its effects are idempotent and the new holder redoes it.
+async fn run_leased(engine: &Engine, job: &Job, lease: Duration) -> Option<JobResult> {
+    let mut held = job.clone();
+    let work = engine.handle(job);
+    tokio::pin!(work);
+    let every = (lease / 3).max(Duration::from_millis(100));
+    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            result = &mut work => return Some(result),
+            _ = renew.tick() => match engine.store().renew_lease(&mut held, lease).await {
+                Ok(()) => {}
+                Err(StoreError::LeaseLost { .. }) => {
+                    tracing::warn!(
+                        job = %job.id, key = %job.key,
+                        "lease lost: another worker has the job; abandoning it"
+                    );
+                    return None;
+                }
+                // A store hiccup: keep working and try again at the next tick — until the
+                // lease has run out unrenewed. Then another worker may take the job any
+                // moment (this instance may be cut off from the store): stop, so the two
+                // never work on one referral for longer than the hiccup.
+                Err(error) if SystemTime::now() >= held.lease_until => {
+                    tracing::warn!(
+                        job = %job.id, key = %job.key,
+                        "lease expired unrenewed ({error}); abandoning the job"
+                    );
+                    return None;
+                }
+                Err(error) => tracing::warn!(job = %job.id, "renewing the lease: {error}"),
+            },
+        }
     }
 }
 

@@ -1715,12 +1715,31 @@ async fn open_sqlite_file(path: &Path, shown: &str) -> Result<SqlitePool, StoreE
         .foreign_keys(true);
     // SQLite has one writer at a time anyway; a few connections let reads (status, audit)
     // proceed alongside it under WAL.
-    SqlitePoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_secs(60))
-        .connect_with(options)
-        .await
-        .map_err(|e| open_error(shown, e))
+    let mut attempt = 0;
+    loop {
+        let result = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(options.clone())
+            .await;
+        match result {
+            // Switching a new file to WAL takes an exclusive lock that the busy timeout does
+            // not wait for: a process opening the file while another one creates or migrates
+            // it (`cosell status` beside a starting engine) is told "database is locked".
+            Err(e) if attempt < 20 && is_busy(&e) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(25 * attempt)).await;
+            }
+            result => return result.map_err(|e| open_error(shown, e)),
+        }
+    }
+}
+
+/// SQLITE_BUSY (5) or SQLITE_LOCKED (6).
+fn is_busy(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|code| code == "5" || code == "6")
 }
 
 #[cfg(test)]
