@@ -648,8 +648,9 @@ fn salesforce_three_instances_backfill_exactly_once_through_a_kill() {
     scale_out(CrmKind::Salesforce);
 }
 
-/// Backfill throughput of 1 and 3 instances, side by side on the same machine, with 50 ms of
-/// sandbox latency per call so the upstream (not the CPU) is the bound. Run in release mode:
+/// Backfill throughput of 1 and 3 instances, side by side on the same machine, with sandbox
+/// latency per call (`COSELL_SCALE_LATENCY_MS`, default 50) so the upstream, not the CPU, is
+/// the bound. Run in release mode:
 /// `cargo test --release --test scale_out -- --ignored --nocapture scale_out_throughput`.
 #[test]
 #[ignore = "a benchmark: about two minutes; see BENCHMARKS.md"]
@@ -658,7 +659,12 @@ fn scale_out_throughput() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(REFERRALS);
-    let latency = Duration::from_millis(50);
+    let latency = Duration::from_millis(
+        std::env::var("COSELL_SCALE_LATENCY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(50),
+    );
     let concurrency = 8;
     let mut results = Vec::new();
     for instances in [1, 3] {
@@ -672,11 +678,31 @@ fn scale_out_throughput() {
         let elapsed = started.elapsed();
         cluster.stop_all();
         let rate = count as f64 / elapsed.as_secs_f64();
+        // Every call the engines made (echo reads and polls included) takes a worker slot
+        // for the sandbox's latency: the bound is the slots over the calls per referral.
+        let stats: Value = cluster.rt.block_on(async {
+            reqwest::get(format!("{}/_sandbox/stats", cluster.sandbox.base_url()))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        });
+        let calls: u64 = stats["apis"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, api)| api["calls"].as_u64())
+            .sum();
+        let per_referral = calls as f64 / count as f64;
+        let bound = (instances * concurrency) as f64 / (per_referral * latency.as_secs_f64());
         println!(
             "scale_out_throughput: {instances} instance(s) × concurrency {concurrency}, \
-             {} ms/call: {count} referrals in {:.1} s = {rate:.1} referrals/s",
+             {} ms/call: {count} referrals in {:.1} s = {rate:.1} referrals/s; \
+             {per_referral:.2} calls/referral, bound {bound:.1}/s, {:.0} % of it",
             latency.as_millis(),
-            elapsed.as_secs_f64()
+            elapsed.as_secs_f64(),
+            100.0 * rate / bound
         );
         results.push(rate);
     }

@@ -13,13 +13,24 @@ use crate::connectors::ConnectorError;
 use crate::mapping::lookup::{CreateFields, Outcome, substitute};
 use crate::mapping::plan::{LookupRequest, Plan, TargetRecord, placeholder_name};
 
-/// Results of cacheable lookups: (lookup name, criteria as JSON) → id.
+/// Results of cacheable lookups: (lookup name, criteria as JSON) → id. Shared by the jobs
+/// running at once, each holding the lock only to read or record an answer — never across a
+/// call to the CRM, which would make every new record in the process wait for one search.
+/// Two jobs missing the same entry at once both search; their answers agree.
 #[derive(Debug, Default)]
 pub struct LookupCache {
-    ids: HashMap<(String, String), String>,
+    ids: std::sync::Mutex<HashMap<(String, String), String>>,
 }
 
 impl LookupCache {
+    fn get(&self, key: &(String, String)) -> Option<String> {
+        crate::connectors::lock(&self.ids).get(key).cloned()
+    }
+
+    fn insert(&self, key: (String, String), id: String) {
+        crate::connectors::lock(&self.ids).insert(key, id);
+    }
+
     fn key(request: &LookupRequest) -> (String, String) {
         (
             request.name.clone(),
@@ -36,7 +47,7 @@ pub async fn resolve_live(
     record: &mut TargetRecord,
     crm: &Crm,
     create: &CreateFields<'_>,
-    cache: &mut LookupCache,
+    cache: &LookupCache,
 ) -> Result<BTreeMap<String, Outcome>, ConnectorError> {
     let mut outcomes = BTreeMap::new();
     let mut results: BTreeMap<String, Value> = BTreeMap::new();
@@ -62,22 +73,22 @@ async fn resolve_one(
     crm: &Crm,
     earlier: &BTreeMap<String, Value>,
     create: &CreateFields<'_>,
-    cache: &mut LookupCache,
+    cache: &LookupCache,
 ) -> Result<Outcome, ConnectorError> {
     let key = request.cache.then(|| {
         let mut probe = request.clone();
         probe.matches = criteria.clone();
         LookupCache::key(&probe)
     });
-    if let Some(id) = key.as_ref().and_then(|k| cache.ids.get(k)) {
-        return Ok(Outcome::Found { id: id.clone() });
+    if let Some(id) = key.as_ref().and_then(|k| cache.get(k)) {
+        return Ok(Outcome::Found { id });
     }
     if let Some(id) = crm
         .find(&request.entity, &request.id_field, criteria)
         .await?
     {
         if let Some(key) = key {
-            cache.ids.insert(key, id.clone());
+            cache.insert(key, id.clone());
         }
         return Ok(Outcome::Found { id });
     }
@@ -129,7 +140,7 @@ pub async fn resolve_batched(
     record: &mut TargetRecord,
     crm: &Crm,
     create: &CreateFields<'_>,
-    cache: &mut LookupCache,
+    cache: &LookupCache,
     set: &mut WriteSet,
     extra: &[Find],
 ) -> Result<(BTreeMap<String, Outcome>, Vec<Option<String>>), ConnectorError> {
@@ -148,7 +159,7 @@ pub async fn resolve_batched(
     for request in &record.lookups {
         let hit = request
             .cache
-            .then(|| cache.ids.get(&LookupCache::key(request)).cloned())
+            .then(|| cache.get(&LookupCache::key(request)))
             .flatten();
         if hit.is_none() {
             finds.push(Find {
@@ -169,7 +180,7 @@ pub async fn resolve_batched(
             None => {
                 let id = answers.next().flatten();
                 if let (Some(id), true) = (&id, request.cache) {
-                    cache.ids.insert(LookupCache::key(request), id.clone());
+                    cache.insert(LookupCache::key(request), id.clone());
                 }
                 id
             }

@@ -247,7 +247,7 @@ pub struct Engine {
     crm: Crm,
     store: Store,
     roles: Roles,
-    cache: Mutex<LookupCache>,
+    cache: LookupCache,
     /// Salesforce describe results: object → (fields, child relationships).
     describe: Mutex<HashMap<String, Described>>,
     /// Find-or-create of customer records, one at a time per match: two referrals of the
@@ -288,7 +288,7 @@ impl Engine {
             crm,
             store,
             roles,
-            cache: Mutex::new(LookupCache::default()),
+            cache: LookupCache::default(),
             describe: Mutex::new(HashMap::new()),
             customer_locks: (0..CUSTOMER_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             dry_run: None,
@@ -1087,8 +1087,7 @@ impl Engine {
             }
             out
         } else {
-            let mut cache = self.cache.lock().await;
-            resolve_live(plan, target, &self.crm, &create, &mut cache).await?
+            resolve_live(plan, target, &self.crm, &create, &self.cache).await?
         };
         let failures: Vec<String> = outcomes
             .values()
@@ -1178,19 +1177,16 @@ impl Engine {
         };
         let create = |name: &str| plan.lookup_create_text(flow, name, &input);
         let mut set = WriteSet::default();
-        let (outcomes, found) = {
-            let mut cache = self.cache.lock().await;
-            resolve_batched(
-                plan,
-                target,
-                &self.crm,
-                &create,
-                &mut cache,
-                &mut set,
-                std::slice::from_ref(existing),
-            )
-            .await?
-        };
+        let (outcomes, found) = resolve_batched(
+            plan,
+            target,
+            &self.crm,
+            &create,
+            &self.cache,
+            &mut set,
+            std::slice::from_ref(existing),
+        )
+        .await?;
         let failures: Vec<String> = outcomes
             .values()
             .filter_map(|o| match o {
@@ -2373,8 +2369,9 @@ fn newer(a: Option<&str>, b: Option<&str>) -> bool {
     }
 }
 
-/// How many locks [`Engine`] stripes customer find-or-create over.
-const CUSTOMER_LOCK_STRIPES: usize = 64;
+/// How many locks [`Engine`] stripes customer find-or-create over: many, because two customers
+/// sharing a stripe wait for each other for nothing.
+const CUSTOMER_LOCK_STRIPES: usize = 1024;
 
 /// The digest of a child flow's mapped records (unchanged children need no write).
 fn children_digest(mapped: &Mapped) -> String {
