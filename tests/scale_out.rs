@@ -151,7 +151,7 @@ impl Cluster {
             .unwrap();
         let (pc, crm) = connect::sandbox_clients(crm_kind, sandbox.base_url(), None).unwrap();
         // Dataverse's service protection (6 000 requests per 5 minutes per user, which the
-        // sandbox enforces) caps a backfill at about 10 referrals/s whatever the number of
+        // sandbox enforces) caps a backfill at about 7 referrals/s whatever the number of
         // instances: the engine waits out its Retry-After correctly, but this test is about
         // the instances, so the quota is lifted (BENCHMARKS.md states the bound).
         let (status, body) = rt.block_on(common::control(
