@@ -168,9 +168,11 @@ impl Cluster {
             .disable_cleanup(std::env::var_os("COSELL_SCALE_KEEP").is_some())
             .tempdir()
             .unwrap();
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
         let schema = format!(
-            "cosell_scale_{}_{}",
+            "cosell_scale_{}_{}_{}",
             std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
             now_ms().rem_euclid(1_000_000)
         );
         rt.block_on(postgres_admin(&format!("CREATE SCHEMA {schema}")));
@@ -437,6 +439,12 @@ fn assert_one_poller_instance_at_a_time(runs: &[PollerRun], instances: &[Instanc
 }
 
 fn scale_out(crm_kind: CrmKind) {
+    // One at a time: two clusters of three instances side by side on a small machine would
+    // mostly measure each other (and the deadline is per backfill).
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let count = std::env::var("COSELL_SCALE_REFERRALS")
         .ok()
         .and_then(|v| v.parse().ok())

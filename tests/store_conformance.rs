@@ -1583,6 +1583,45 @@ async fn postgres_name_locks_serialize_instances() {
     postgres_admin(&format!("DROP SCHEMA {schema} CASCADE")).await;
 }
 
+/// Advisory locks are database-wide: two stores in different schemas of one database (two
+/// deployments, or two test runs) with the same pipeline and instance names must not contend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_schemas_do_not_share_locks() {
+    let (first, first_schema) = {
+        let schema = unique_schema();
+        (postgres_fixture(&schema).await.store, schema)
+    };
+    let (second, second_schema) = {
+        let schema = unique_schema();
+        (postgres_fixture(&schema).await.store, schema)
+    };
+    let (_a, _) = first.start_instance("node-1").await.unwrap();
+    let (_b, _) = second
+        .start_instance("node-1")
+        .await
+        .expect("the same instance name in another schema");
+    assert!(first.leadership().check().await);
+    assert!(
+        second.leadership().check().await,
+        "each schema's pipeline has its own poller leader"
+    );
+    let names = vec!["account{\"name\":\"contoso\"}".to_string()];
+    let held = first.lock_names("customer", &names).await.unwrap();
+    let other = tokio::time::timeout(
+        Duration::from_secs(5),
+        second.lock_names("customer", &names),
+    )
+    .await
+    .expect("a customer lock in another schema does not wait")
+    .unwrap();
+    other.release().await;
+    held.release().await;
+    first.close().await;
+    second.close().await;
+    postgres_admin(&format!("DROP SCHEMA {first_schema} CASCADE")).await;
+    postgres_admin(&format!("DROP SCHEMA {second_schema} CASCADE")).await;
+}
+
 /// `sslmode=require` (a managed database that refuses plain connections) works: the store's
 /// PostgreSQL client speaks TLS (rustls).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,8 +5,9 @@
 //! (`pg_try_advisory_lock` / `pg_advisory_lock`), held by a database connection and released
 //! by the server when that session ends — at once when an instance is killed (the kernel
 //! closes its sockets), after TCP keepalive when its host vanishes. Lock keys are
-//! `hashtextextended('cosell:<what>:<pipeline>:<name>', 0)`, 64 bits, so pipelines sharing a
-//! database never contend by accident.
+//! `hashtextextended('<schema>:cosell:<what>:<pipeline>:<name>', 0)`, 64 bits. Advisory locks
+//! are database-wide, so the key names the store's schema (`current_schema()`): stores in two
+//! schemas of one database, and pipelines in one store, never contend by accident.
 //!
 //! A SQLite store serves one engine process (its file lock, [`Store::lock_single_engine`]), so
 //! there every instance is alone and always leads, and in-process locks are enough.
@@ -119,7 +120,7 @@ impl Store {
         const DOING: &str = "registering the engine instance";
         let mut session = self.session(pool, DOING).await?;
         let held: bool =
-            sqlx::query("SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS held")
+            sqlx::query("SELECT pg_try_advisory_lock(hashtextextended(coalesce(current_schema(), '') || ':' || $1, 0)) AS held")
                 .bind(self.lock_name("instance", name))
                 .fetch_one(&mut session)
                 .await
@@ -190,7 +191,7 @@ impl Store {
             let Some(session) = guard.session.as_mut() else {
                 break;
             };
-            sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+            sqlx::query("SELECT pg_advisory_lock(hashtextextended(coalesce(current_schema(), '') || ':' || $1, 0))")
                 .bind(key)
                 .execute(&mut **session)
                 .await
@@ -309,7 +310,7 @@ impl Leadership {
                 .fetch_one(&mut *session)
                 .await
         } else {
-            sqlx::query("SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS held")
+            sqlx::query("SELECT pg_try_advisory_lock(hashtextextended(coalesce(current_schema(), '') || ':' || $1, 0)) AS held")
                 .bind(&self.key)
                 .fetch_one(&mut *session)
                 .await
