@@ -42,6 +42,7 @@ use tokio::runtime::Runtime;
 mod backfill;
 mod common;
 use backfill::{Names, incoming_referral, names, rows, shared_values, text};
+use common::{postgres_admin, postgres_base_url};
 
 /// Referrals Microsoft shares before the instances start (`COSELL_SCALE_REFERRALS`).
 const REFERRALS: usize = 3000;
@@ -57,22 +58,6 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn postgres_base_url() -> String {
-    std::env::var("COSELL_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
-}
-
-async fn postgres_admin(sql: &str) {
-    let pool = sqlx::PgPool::connect(&postgres_base_url())
-        .await
-        .expect("connect to PostgreSQL (is it running? .ci/run starts it)");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-        .execute(&pool)
-        .await
-        .expect("admin statement");
-    pool.close().await;
 }
 
 /// A free loopback port (bound, read, released: the instance binds it next).

@@ -17,6 +17,9 @@ use cosell::store::{
 };
 use serde_json::json;
 
+mod common;
+use common::{postgres_admin, postgres_base_url};
+
 /// A store under test and the URL that opens it again (for reopening and for extra workers).
 struct Fixture {
     store: Store,
@@ -43,11 +46,6 @@ async fn sqlite_fixture() -> Fixture {
     }
 }
 
-fn postgres_base_url() -> String {
-    std::env::var("COSELL_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
-}
-
 /// A schema name no other test (or test process) uses.
 fn unique_schema() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -59,17 +57,6 @@ fn unique_schema() -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-async fn postgres_admin(sql: &str) {
-    let pool = sqlx::PgPool::connect(&postgres_base_url())
-        .await
-        .expect("connect to PostgreSQL (is it running? .ci/run starts it)");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-        .execute(&pool)
-        .await
-        .expect("admin statement");
-    pool.close().await;
 }
 
 async fn postgres_fixture(schema: &str) -> Fixture {

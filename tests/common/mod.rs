@@ -86,3 +86,22 @@ pub fn cosell_referral(name: &str) -> Value {
         "inviteContext": { "assistanceRequestCode": "GeneralOrOther", "notes": "Please help" }
     })
 }
+
+/// The PostgreSQL the database tests use: `COSELL_TEST_POSTGRES_URL`, default
+/// `postgres://postgres@127.0.0.1:5432/test` (`.ci/run` starts the server).
+pub fn postgres_base_url() -> String {
+    std::env::var("COSELL_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+/// Runs one administrative statement (create or drop a test schema).
+pub async fn postgres_admin(sql: &str) {
+    let pool = sqlx::PgPool::connect(&postgres_base_url())
+        .await
+        .expect("connect to PostgreSQL (is it running? .ci/run starts it)");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&pool)
+        .await
+        .expect("admin statement");
+    pool.close().await;
+}
