@@ -76,6 +76,9 @@ enum Node {
     Attr(Box<Node>, String),
     Item(Box<Node>, Box<Node>),
     List(Vec<Node>),
+    /// `{'key': value, …}` with literal keys; only where its value becomes JSON (see
+    /// [`dicts_only_as_values`]).
+    Dict(Vec<(String, Node)>),
     Not(Box<Node>),
     And(Box<Node>, Box<Node>),
     Or(Box<Node>, Box<Node>),
@@ -143,12 +146,200 @@ impl FastExpr {
             depth: 0,
         };
         let root = p.expr()?;
-        (p.pos == p.tokens.len()).then_some(FastExpr { root })
+        (p.pos == p.tokens.len() && dicts_only_as_values(&root, true)).then_some(FastExpr { root })
     }
 
     /// Evaluates against the variables.
     pub fn eval<'a>(&'a self, vars: &Vars<'a>) -> Result<FastValue<'a>, String> {
         eval(&self.root, vars)
+    }
+
+    /// Whether the expression builds a dict. Printed, minijinja shows a dict's keys in the
+    /// order written while JSON objects here are sorted, so templates leave these to
+    /// minijinja.
+    pub fn has_dict(&self) -> bool {
+        fn any(node: &Node) -> bool {
+            let mut found = matches!(node, Node::Dict(_));
+            node.for_each_child(&mut |c| found |= any(c));
+            found
+        }
+        any(&self.root)
+    }
+
+    /// Replaces every part that reads nothing but `settings` (and literals) by its value, so
+    /// `x if settings.flag else y` or `record[settings.field]` cost nothing per record. The
+    /// settings of a plan never change after compilation, and a part is only replaced when it
+    /// evaluates to a value (not undefined, not an error), so results are unchanged.
+    pub fn fold_settings(&mut self, settings: &Value) {
+        let root = std::mem::replace(&mut self.root, Node::Const(Value::Null));
+        self.root = fold(root, settings);
+    }
+
+    /// True when the whole expression is a constant (after [`FastExpr::fold_settings`]).
+    pub fn constant(&self) -> Option<&Value> {
+        match &self.root {
+            Node::Const(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// A dict is only evaluated here where its value ends up as JSON (the whole expression, an
+/// element of a list or dict there, a branch of `x if c else y` there), where key order does
+/// not show. Anywhere else (printed with `~`, filtered, compared) minijinja's insertion order
+/// could, so such expressions are left to minijinja.
+fn dicts_only_as_values(node: &Node, value_position: bool) -> bool {
+    match node {
+        Node::Dict(entries) => {
+            value_position && entries.iter().all(|(_, v)| dicts_only_as_values(v, true))
+        }
+        Node::List(items) => items
+            .iter()
+            .all(|i| dicts_only_as_values(i, value_position)),
+        Node::Cond {
+            test,
+            then,
+            otherwise,
+        } => {
+            dicts_only_as_values(test, false)
+                && dicts_only_as_values(then, value_position)
+                && otherwise
+                    .as_ref()
+                    .is_none_or(|o| dicts_only_as_values(o, value_position))
+        }
+        other => {
+            let mut ok = true;
+            other.for_each_child(&mut |c| ok &= dicts_only_as_values(c, false));
+            ok
+        }
+    }
+}
+
+impl Node {
+    fn for_each_child(&self, f: &mut dyn FnMut(&Node)) {
+        match self {
+            Node::Const(_) | Node::Var(_) => {}
+            Node::Attr(b, _) | Node::Not(b) => f(b),
+            Node::Item(a, b)
+            | Node::And(a, b)
+            | Node::Or(a, b)
+            | Node::Cmp(a, _, b)
+            | Node::Concat(a, b) => {
+                f(a);
+                f(b);
+            }
+            Node::List(items) => items.iter().for_each(f),
+            Node::Dict(entries) => entries.iter().for_each(|(_, v)| f(v)),
+            Node::Cond {
+                test,
+                then,
+                otherwise,
+            } => {
+                f(test);
+                f(then);
+                if let Some(o) = otherwise {
+                    f(o);
+                }
+            }
+            Node::Test { value, .. } => f(value),
+            Node::Filter { value, args, .. } => {
+                f(value);
+                args.iter().for_each(f);
+            }
+        }
+    }
+
+    fn map_children(self, f: &mut dyn FnMut(Node) -> Node) -> Node {
+        let mut b = |n: Box<Node>| Box::new(f(*n));
+        match self {
+            leaf @ (Node::Const(_) | Node::Var(_)) => leaf,
+            Node::Attr(base, name) => Node::Attr(b(base), name),
+            Node::Not(x) => Node::Not(b(x)),
+            Node::Item(x, y) => {
+                let x = b(x);
+                Node::Item(x, b(y))
+            }
+            Node::And(x, y) => {
+                let x = b(x);
+                Node::And(x, b(y))
+            }
+            Node::Or(x, y) => {
+                let x = b(x);
+                Node::Or(x, b(y))
+            }
+            Node::Cmp(x, op, y) => {
+                let x = b(x);
+                Node::Cmp(x, op, b(y))
+            }
+            Node::Concat(x, y) => {
+                let x = b(x);
+                Node::Concat(x, b(y))
+            }
+            Node::List(items) => Node::List(items.into_iter().map(&mut *f).collect()),
+            Node::Dict(entries) => {
+                Node::Dict(entries.into_iter().map(|(k, v)| (k, f(v))).collect())
+            }
+            Node::Cond {
+                test,
+                then,
+                otherwise,
+            } => {
+                let test = b(test);
+                let then = b(then);
+                Node::Cond {
+                    test,
+                    then,
+                    otherwise: otherwise.map(b),
+                }
+            }
+            Node::Test {
+                value,
+                name,
+                negated,
+            } => Node::Test {
+                value: b(value),
+                name,
+                negated,
+            },
+            Node::Filter { value, name, args } => {
+                let value = b(value);
+                Node::Filter {
+                    value,
+                    name,
+                    args: args.into_iter().map(&mut *f).collect(),
+                }
+            }
+        }
+    }
+
+    /// Whether evaluating this reads no variable but `settings`.
+    fn reads_only_settings(&self) -> bool {
+        match self {
+            Node::Var(name) => name == "settings",
+            other => {
+                let mut ok = true;
+                other.for_each_child(&mut |c| ok &= c.reads_only_settings());
+                ok
+            }
+        }
+    }
+}
+
+fn fold(node: Node, settings: &Value) -> Node {
+    let node = node.map_children(&mut |c| fold(c, settings));
+    if matches!(node, Node::Const(_)) || !node.reads_only_settings() {
+        return node;
+    }
+    let vars = Vars {
+        entries: vec![("settings", super::template::VarValue::Borrowed(settings))],
+    };
+    let folded = match eval(&node, &vars) {
+        Ok(FastValue::Json(v)) => Some(v.into_owned()),
+        Ok(FastValue::Undefined) | Err(_) => None,
+    };
+    match folded {
+        Some(v) => Node::Const(v),
+        None => node,
     }
 }
 
@@ -227,6 +418,9 @@ fn lex(s: &str) -> Option<Vec<Tok>> {
                 b',' => ",",
                 b'|' => "|",
                 b'~' => "~",
+                b'{' => "{",
+                b'}' => "}",
+                b':' => ":",
                 _ => return None,
             },
         };
@@ -472,6 +666,25 @@ impl Parser {
                 self.expect_sym("]")?;
                 Some(Node::List(items))
             }
+            Tok::Sym("{") => {
+                let mut entries = Vec::new();
+                if !self.peek_sym("}") {
+                    loop {
+                        let Tok::Str(key) = self.bump()? else {
+                            return None;
+                        };
+                        self.expect_sym(":")?;
+                        entries.push((key, self.expr()?));
+                        if self.peek_sym(",") {
+                            self.pos += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                }
+                self.expect_sym("}")?;
+                Some(Node::Dict(entries))
+            }
             _ => None,
         }
     }
@@ -500,13 +713,10 @@ fn eval<'v>(node: &'v Node, vars: &Vars<'v>) -> Result<FastValue<'v>, String> {
             let base = eval(base, vars)?;
             let index = eval(index, vars)?;
             match index.json() {
-                Some(Value::String(k)) => {
-                    let k = k.clone();
-                    member(base, |v| match v {
-                        Value::Object(m) => m.get(k.as_str()),
-                        _ => None,
-                    })
-                }
+                Some(Value::String(k)) => member(base, |v| match v {
+                    Value::Object(m) => m.get(k.as_str()),
+                    _ => None,
+                }),
                 Some(Value::Number(n)) if n.as_i64().is_some() => {
                     let i = n.as_i64().unwrap_or(0);
                     member(base, |v| match v {
@@ -530,6 +740,13 @@ fn eval<'v>(node: &'v Node, vars: &Vars<'v>) -> Result<FastValue<'v>, String> {
                 out.push(eval(i, vars)?.into_json());
             }
             FastValue::owned(Value::Array(out))
+        }
+        Node::Dict(entries) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in entries {
+                out.insert(k.clone(), eval(v, vars)?.into_json());
+            }
+            FastValue::owned(Value::Object(out))
         }
         Node::Not(e) => FastValue::owned(Value::Bool(!eval(e, vars)?.truthy())),
         Node::And(a, b) => {
@@ -750,6 +967,15 @@ fn run_filter<'v>(
             if matches!(v, FastValue::Undefined) {
                 return Ok(v);
             }
+            // Text no longer than the limit in bytes is not longer in characters either:
+            // unchanged, so it is not copied (names go through this for every record).
+            if name == "truncate_chars"
+                && let (Some(Value::String(s)), Some(n)) =
+                    (v.json(), args.first().and_then(|a| a.json()?.as_u64()))
+                && u64::try_from(s.len()).is_ok_and(|len| len <= n)
+            {
+                return Ok(v);
+            }
             let json = v.into_json();
             let r = match name {
                 "truncate_chars" => {
@@ -782,17 +1008,18 @@ mod tests {
             "'Shared' if opportunity.cosell_microsofthelp else 'Independent'",
             "(referral.name or referral.customerProfile.name) | truncate_chars(296)",
             "[{'type': 1}]",
-        ]
-        .iter()
-        .take(5)
-        {
+            "[{'type': 'SolutionProfile', 'id': opportunity.x[0].y}] if opportunity.z else none",
+        ] {
             assert!(FastExpr::parse(ok).is_some(), "{ok}");
         }
         for refused in [
             "x.items()",
             "range(3)",
             "a * 2",
-            "{'a': 1}",
+            "{'a': 1} ~ 'x'",
+            "{'a': 1} | length",
+            "{a: 1}",
+            "{'a': 1,}",
             "x is divisibleby(3)",
             "a < b < c",
             "x | map('upper')",

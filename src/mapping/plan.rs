@@ -60,9 +60,59 @@ fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Opt
 pub struct ValueMapPlan {
     name: String,
     ignore_case: bool,
-    forward: HashMap<String, Value>,
-    reverse: Option<HashMap<String, Value>>,
+    forward: KeyTable,
+    reverse: Option<KeyTable>,
     fallback: Fallback,
+}
+
+/// A value map's entries. Value maps are looked up for every record and their keys are
+/// short; the keys are fixed by the config (record data only ever looks up), so a simple
+/// FNV-1a hash serves instead of the default DoS-resistant SipHash, which was most of a
+/// lookup's cost.
+type KeyTable = HashMap<String, Value, std::hash::BuildHasherDefault<KeyHasher>>;
+
+/// FNV-1a, for [`KeyTable`].
+struct KeyHasher(u64);
+
+impl Default for KeyHasher {
+    fn default() -> Self {
+        KeyHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// Decimal text of an integer in `buf` (what `Number::to_string` gives), without
+/// allocating; `None` for other numbers.
+fn integer_text<'b>(n: &serde_json::Number, buf: &'b mut [u8; 24]) -> Option<&'b str> {
+    let (negative, mut rest) = match (n.as_u64(), n.as_i64()) {
+        (Some(u), _) => (false, u),
+        (None, Some(i)) => (i < 0, i.unsigned_abs()),
+        (None, None) => return None,
+    };
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + u8::try_from(rest % 10).ok()?;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if negative {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    std::str::from_utf8(&buf[at..]).ok()
 }
 
 /// Text form of a scalar used as a value-map key (`1` and `"1"` are the same key).
@@ -95,8 +145,11 @@ impl ValueMapPlan {
             &self.forward
         };
         // Text keys (the common case) are looked up without allocating.
+        let mut buf = [0u8; 24];
         let found = match &v {
             Value::String(s) if !self.ignore_case => table.get(s.as_str()),
+            // Integers (status codes) too; their text has no case.
+            Value::Number(n) if let Some(text) = integer_text(n, &mut buf) => table.get(text),
             other => key_text(other).and_then(|k| table.get(&self.norm(k))),
         };
         if let Some(out) = found {
@@ -172,11 +225,137 @@ enum ValueSource {
     Template(Template),
     Expr(Expression),
     Const(Value),
-    Lookup(String),
+    /// A lookup's field: its name, and the placeholder the field holds until the lookup is
+    /// resolved (built once, cloned per record).
+    Lookup {
+        name: String,
+        placeholder: Value,
+    },
     Each {
         selector: Selector,
-        fields: Vec<FieldPlan>,
+        fields: FieldSet,
     },
+}
+
+/// The fields of one record, with the record's shape worked out at compile time so each
+/// evaluation builds its maps in one pass (a sorted bulk build) instead of one `BTreeMap`
+/// insert — a search with string comparisons — per field.
+#[derive(Debug)]
+struct FieldSet {
+    fields: Vec<FieldPlan>,
+    shape: Shape,
+}
+
+#[derive(Debug)]
+enum Shape {
+    /// Every target is one top-level key: the entries are collected in evaluation order and
+    /// bulk-built (file order is nearly sorted, so the sort is almost free).
+    Flat,
+    /// Partner Center paths (`details.dealValue`), none a prefix of another: the values go
+    /// into slots, then each map level is built from its keys, sorted at compile time.
+    Tree(Vec<ShapeNode>),
+    /// Targets that overlap (`a` and `a.b`): inserted one by one, in file order, as the
+    /// overwrite order decides the result.
+    Sequential,
+}
+
+#[derive(Debug)]
+struct ShapeNode {
+    key: String,
+    kind: ShapeKind,
+}
+
+#[derive(Debug)]
+enum ShapeKind {
+    /// The value of field `.0`.
+    Leaf(usize),
+    /// A nested object, present when any field below it is.
+    Branch(Vec<ShapeNode>),
+}
+
+impl FieldSet {
+    fn new(fields: Vec<FieldPlan>) -> FieldSet {
+        let shape = Shape::of(&fields);
+        FieldSet { fields, shape }
+    }
+}
+
+impl Shape {
+    fn of(fields: &[FieldPlan]) -> Shape {
+        let paths: Vec<Vec<&str>> = fields
+            .iter()
+            .map(|f| match &f.nested {
+                Some(path) => path.iter().map(String::as_str).collect(),
+                None => vec![f.target.as_str()],
+            })
+            .collect();
+        if paths.iter().any(Vec::is_empty) {
+            return Shape::Sequential;
+        }
+        let mut keys: Vec<&[&str]> = paths.iter().map(Vec::as_slice).collect();
+        keys.sort();
+        // Sorted, a duplicate or a path that is a prefix of another sits right before it.
+        if keys.windows(2).any(|w| w[1].starts_with(w[0])) {
+            return Shape::Sequential;
+        }
+        if paths.iter().all(|p| p.len() == 1) {
+            return Shape::Flat;
+        }
+        fn level(paths: &[(usize, &[&str])]) -> Vec<ShapeNode> {
+            let mut sorted = paths.to_vec();
+            sorted.sort_by(|a, b| a.1[0].cmp(b.1[0]));
+            let mut out: Vec<ShapeNode> = Vec::new();
+            let mut i = 0;
+            while i < sorted.len() {
+                let key = sorted[i].1[0];
+                let mut j = i;
+                while j < sorted.len() && sorted[j].1[0] == key {
+                    j += 1;
+                }
+                let kind = if sorted[i].1.len() == 1 {
+                    // No other path shares a prefix with a leaf (checked above).
+                    ShapeKind::Leaf(sorted[i].0)
+                } else {
+                    let below: Vec<(usize, &[&str])> =
+                        sorted[i..j].iter().map(|(f, p)| (*f, &p[1..])).collect();
+                    ShapeKind::Branch(level(&below))
+                };
+                out.push(ShapeNode {
+                    key: key.to_string(),
+                    kind,
+                });
+                i = j;
+            }
+            out
+        }
+        let indexed: Vec<(usize, &[&str])> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i, p.as_slice()))
+            .collect();
+        Shape::Tree(level(&indexed))
+    }
+}
+
+/// Builds one map level of a [`Shape::Tree`] from the evaluated slots.
+fn build_level(nodes: &[ShapeNode], slots: &mut [Option<Value>]) -> Map<String, Value> {
+    let mut entries = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        match &node.kind {
+            ShapeKind::Leaf(i) => {
+                if let Some(v) = slots[*i].take() {
+                    entries.push((node.key.clone(), v));
+                }
+            }
+            ShapeKind::Branch(children) => {
+                let m = build_level(children, slots);
+                if !m.is_empty() {
+                    entries.push((node.key.clone(), Value::Object(m)));
+                }
+            }
+        }
+    }
+    entries.into_iter().collect()
 }
 
 /// One compiled target field.
@@ -214,10 +393,10 @@ pub struct LookupPlan {
     pub entity: String,
     /// Primary key column.
     pub id_field: String,
-    match_fields: Vec<FieldPlan>,
+    match_fields: FieldSet,
     /// What happens when nothing matches.
     pub on_missing: OnMissing,
-    create: Vec<FieldPlan>,
+    create: FieldSet,
     message: Option<Template>,
     result: Template,
     /// Whether results may be cached.
@@ -249,10 +428,10 @@ pub struct FlowPlan {
     /// CRM yes/no column opting records into sync (CRM → Partner Center flows).
     pub sync_flag: Option<String>,
     when: Option<Expression>,
-    fields: Vec<FieldPlan>,
+    fields: FieldSet,
     rules: Vec<RulePlan>,
-    on_success: Vec<FieldPlan>,
-    on_failure: Vec<FieldPlan>,
+    on_success: FieldSet,
+    on_failure: FieldSet,
     /// Lookups this flow needs, dependencies included.
     pub lookups_used: Vec<String>,
 }
@@ -260,17 +439,17 @@ pub struct FlowPlan {
 impl FlowPlan {
     /// The compiled target fields, in file order.
     pub fn fields(&self) -> &[FieldPlan] {
-        &self.fields
+        &self.fields.fields
     }
 
     /// The compiled `on_success` write-back fields.
     pub fn on_success_fields(&self) -> &[FieldPlan] {
-        &self.on_success
+        &self.on_success.fields
     }
 
     /// The compiled `on_failure` write-back fields.
     pub fn on_failure_fields(&self) -> &[FieldPlan] {
-        &self.on_failure
+        &self.on_failure.fields
     }
 
     /// Whether the flow makes one target record per element (`for_each`).
@@ -428,9 +607,11 @@ impl Plan {
     pub fn compile(config: &Config, settings: Map<String, Value>) -> Result<Plan, Vec<PlanError>> {
         let settings = Value::Object(settings);
         let settings_mj = json_to_minijinja_eager(&settings);
+        let mut engine = Engine::new();
+        engine.fold_settings(settings.clone());
         let mut c = Compiler {
             config,
-            engine: Engine::new(),
+            engine,
             settings,
             settings_mj,
             errors: Vec::new(),
@@ -642,25 +823,27 @@ impl Plan {
             }
             None => input.record,
         };
-        let mut create = Map::new();
         let mut violations = Vec::new();
         let mut nested: Vec<&str> = Vec::new();
-        for f in &l.create {
-            let mut inner = Vec::new();
-            if let Some(v) =
-                self.field_value(f, &vars, dollar, Operation::Create, &mut inner, &mut nested)
-            {
-                insert(&mut create, f, v);
-            }
-            violations.extend(inner.into_iter().map(|mut v| {
-                v.field = Some(format!("lookup {name}: {}", v.field.unwrap_or_default()));
-                v
-            }));
-        }
+        let create = self.build_fields(
+            &l.create,
+            &vars,
+            dollar,
+            Operation::Create,
+            false,
+            &mut violations,
+            &mut nested,
+        );
         if violations.is_empty() {
             Ok(create)
         } else {
-            Err(violations)
+            Err(violations
+                .into_iter()
+                .map(|mut v| {
+                    v.field = Some(format!("lookup {name}: {}", v.field.unwrap_or_default()));
+                    v
+                })
+                .collect())
         }
     }
 
@@ -727,7 +910,7 @@ impl Plan {
 
     fn write_back(
         &self,
-        fields: &[FieldPlan],
+        fields: &FieldSet,
         vars: &Vars<'_>,
         record: &Value,
     ) -> Result<Map<String, Value>, Vec<Violation>> {
@@ -768,29 +951,92 @@ impl Plan {
 
     fn map_record(
         &self,
-        fields: &[FieldPlan],
+        fields: &FieldSet,
         vars: &Vars<'_>,
         dollar: &Value,
         op: Operation,
         violations: &mut Vec<Violation>,
     ) -> TargetRecord {
-        let mut record = TargetRecord::default();
         let mut used_lookups: Vec<&str> = Vec::new();
-        for field in fields {
-            if !writes_on(field.on, op) {
-                continue;
+        let fields = self.build_fields(
+            fields,
+            vars,
+            dollar,
+            op,
+            true,
+            violations,
+            &mut used_lookups,
+        );
+        let lookups = if used_lookups.is_empty() {
+            Vec::new()
+        } else {
+            self.lookup_requests(&used_lookups, vars, dollar, violations)
+        };
+        TargetRecord { fields, lookups }
+    }
+
+    /// Evaluates a set of fields (in file order: violations and lookups keep that order) into
+    /// a map. With `filter_on`, fields whose `on:` excludes `op` are skipped.
+    #[allow(clippy::too_many_arguments)]
+    fn build_fields<'s>(
+        &'s self,
+        set: &'s FieldSet,
+        vars: &Vars<'_>,
+        dollar: &Value,
+        op: Operation,
+        filter_on: bool,
+        violations: &mut Vec<Violation>,
+        used_lookups: &mut Vec<&'s str>,
+    ) -> Map<String, Value> {
+        let wanted = |f: &FieldPlan| !filter_on || writes_on(f.on, op);
+        match &set.shape {
+            // One field (most lookup `match`es): no sort, so no scratch list either.
+            Shape::Flat if set.fields.len() == 1 => {
+                let mut map = Map::new();
+                let f = &set.fields[0];
+                if wanted(f)
+                    && let Some(v) = self.field_value(f, vars, dollar, op, violations, used_lookups)
+                {
+                    map.insert(f.target.clone(), v);
+                }
+                map
             }
-            let Some(value) =
-                self.field_value(field, vars, dollar, op, violations, &mut used_lookups)
-            else {
-                continue;
-            };
-            insert(&mut record.fields, field, value);
+            Shape::Flat => {
+                let mut entries = Vec::with_capacity(set.fields.len());
+                for f in &set.fields {
+                    if wanted(f)
+                        && let Some(v) =
+                            self.field_value(f, vars, dollar, op, violations, used_lookups)
+                    {
+                        entries.push((f.target.clone(), v));
+                    }
+                }
+                entries.into_iter().collect()
+            }
+            Shape::Tree(nodes) => {
+                let mut slots = Vec::with_capacity(set.fields.len());
+                for f in &set.fields {
+                    slots.push(if wanted(f) {
+                        self.field_value(f, vars, dollar, op, violations, used_lookups)
+                    } else {
+                        None
+                    });
+                }
+                build_level(nodes, &mut slots)
+            }
+            Shape::Sequential => {
+                let mut map = Map::new();
+                for f in &set.fields {
+                    if wanted(f)
+                        && let Some(v) =
+                            self.field_value(f, vars, dollar, op, violations, used_lookups)
+                    {
+                        insert(&mut map, f, v);
+                    }
+                }
+                map
+            }
         }
-        if !used_lookups.is_empty() {
-            record.lookups = self.lookup_requests(&used_lookups, vars, dollar, violations);
-        }
-        record
     }
 
     /// Computes one field; `None` means "do not write it".
@@ -842,11 +1088,11 @@ impl Plan {
                     return None;
                 }
             },
-            ValueSource::Lookup(name) => {
+            ValueSource::Lookup { name, placeholder } => {
                 if !used_lookups.contains(&name.as_str()) {
                     used_lookups.push(name);
                 }
-                return Some(lookup_placeholder(name));
+                return Some(placeholder.clone());
             }
             ValueSource::Each { selector, fields } => {
                 let mut items = Vec::new();
@@ -856,18 +1102,16 @@ impl Plan {
                     };
                     item_vars.entries.retain(|(n, _)| *n != "item");
                     item_vars.entries.push(("item", VarValue::Borrowed(item)));
-                    let mut obj = Map::new();
                     let mut inner = Vec::new();
-                    for f in fields {
-                        if !writes_on(f.on, op) {
-                            continue;
-                        }
-                        if let Some(v) =
-                            self.field_value(f, &item_vars, item, op, &mut inner, used_lookups)
-                        {
-                            insert(&mut obj, f, v);
-                        }
-                    }
+                    let obj = self.build_fields(
+                        fields,
+                        &item_vars,
+                        item,
+                        op,
+                        true,
+                        &mut inner,
+                        used_lookups,
+                    );
                     violations.extend(inner.into_iter().map(|mut v| {
                         v.field = Some(format!(
                             "{}[{i}].{}",
@@ -952,19 +1196,20 @@ impl Plan {
                 continue;
             };
             let mut nested: Vec<&str> = Vec::new();
-            let mut matches = Map::new();
-            for f in &l.match_fields {
-                let mut inner = Vec::new();
-                if let Some(v) =
-                    self.field_value(f, vars, dollar, Operation::Create, &mut inner, &mut nested)
-                {
-                    matches.insert(f.target.clone(), v);
-                }
-                violations.extend(inner.into_iter().map(|mut v| {
-                    v.field = Some(format!("lookup {name}: {}", v.field.unwrap_or_default()));
-                    v
-                }));
-            }
+            let mut inner = Vec::new();
+            let matches = self.build_fields(
+                &l.match_fields,
+                vars,
+                dollar,
+                Operation::Create,
+                false,
+                &mut inner,
+                &mut nested,
+            );
+            violations.extend(inner.into_iter().map(|mut v| {
+                v.field = Some(format!("lookup {name}: {}", v.field.unwrap_or_default()));
+                v
+            }));
             // `create` fields are computed only when a lookup finds nothing
             // (`Plan::lookup_create`): most lookups match, and this is the hot path.
             let create = Map::new();
@@ -1360,7 +1605,7 @@ impl Compiler<'_> {
 
     fn value_map(&mut self, name: &str, vm: &ValueMap) -> Option<ValueMapPlan> {
         let base = format!("/value_maps/{}", esc(name));
-        let mut forward = HashMap::new();
+        let mut forward = KeyTable::default();
         let mut ok = true;
         let mut raw_keys = Vec::new();
         for (k, v) in &vm.entries {
@@ -1435,7 +1680,7 @@ impl Compiler<'_> {
             self.check_domain_value(domain, value, &format!("{base}/fallback/value"), "fallback");
         }
         // A reverse table exists only when values are unique scalars.
-        let mut reverse = HashMap::new();
+        let mut reverse = KeyTable::default();
         let mut reversible = true;
         for (k, v) in &forward {
             match key_text(v) {
@@ -1587,9 +1832,9 @@ impl Compiler<'_> {
             name: name.to_string(),
             entity: l.entity.clone(),
             id_field,
-            match_fields: match_fields?,
+            match_fields: FieldSet::new(match_fields?),
             on_missing: l.on_missing,
-            create: create?,
+            create: FieldSet::new(create?),
             message,
             result,
             cache: l.cache,
@@ -1813,7 +2058,10 @@ impl Compiler<'_> {
                 );
                 return None;
             }
-            ValueSource::Lookup(l.clone())
+            ValueSource::Lookup {
+                name: l.clone(),
+                placeholder: lookup_placeholder(l),
+            }
         } else if let Some(e) = &spec.each {
             let (selector, _) = self.selector(e, scope, &spec_ptr("each"))?;
             let Some(inner) = &spec.fields else {
@@ -1839,7 +2087,10 @@ impl Compiler<'_> {
                 false,
                 &format!("{schema_name}.0"),
             )?;
-            ValueSource::Each { selector, fields }
+            ValueSource::Each {
+                selector,
+                fields: FieldSet::new(fields),
+            }
         } else {
             return None;
         };
@@ -2286,10 +2537,10 @@ impl Compiler<'_> {
             referral_id_field,
             sync_flag,
             when,
-            fields: fields?,
+            fields: FieldSet::new(fields?),
             rules,
-            on_success: on_success?,
-            on_failure: on_failure?,
+            on_success: FieldSet::new(on_success?),
+            on_failure: FieldSet::new(on_failure?),
             lookups_used,
         })
     }
@@ -2706,6 +2957,23 @@ mod tests {
             ),
             vec!["deal_value_field".to_string()]
         );
+    }
+
+    #[test]
+    fn integer_keys_are_written_like_to_string() {
+        for n in [0i64, 7, -7, 10, 100_000_002, i64::MIN, i64::MAX] {
+            let number = serde_json::Number::from(n);
+            let mut buf = [0u8; 24];
+            assert_eq!(
+                integer_text(&number, &mut buf),
+                Some(number.to_string().as_str())
+            );
+        }
+        let big = serde_json::Number::from(u64::MAX);
+        let mut buf = [0u8; 24];
+        assert_eq!(integer_text(&big, &mut buf), Some(big.to_string().as_str()));
+        let float = serde_json::Number::from_f64(1.5).unwrap();
+        assert_eq!(integer_text(&float, &mut buf), None);
     }
 
     #[test]

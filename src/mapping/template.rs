@@ -100,6 +100,9 @@ enum Piece {
 #[derive(Debug, Clone)]
 struct FastTemplate {
     pieces: Vec<Piece>,
+    /// Room to reserve for the output: the text plus a typical value per placeholder, so
+    /// rendering allocates once instead of growing the string piece by piece.
+    capacity: usize,
 }
 
 impl FastTemplate {
@@ -120,7 +123,11 @@ impl FastTemplate {
                 return None;
             }
             let body = inner.trim();
-            pieces.push(Piece::Expr(FastExpr::parse(body)?, body.to_string()));
+            let expr = FastExpr::parse(body)?;
+            if expr.has_dict() {
+                return None;
+            }
+            pieces.push(Piece::Expr(expr, body.to_string()));
             rest = &after[end + 2..];
         }
         if rest.contains("}}") {
@@ -129,11 +136,52 @@ impl FastTemplate {
         if !rest.is_empty() {
             pieces.push(Piece::Text(rest.to_string()));
         }
-        Some(FastTemplate { pieces })
+        Some(FastTemplate::with_pieces(pieces))
+    }
+
+    fn with_pieces(pieces: Vec<Piece>) -> FastTemplate {
+        let capacity = pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Text(t) => t.len(),
+                Piece::Expr(..) => 32,
+            })
+            .sum();
+        FastTemplate { pieces, capacity }
+    }
+
+    /// Folds the placeholders that read only settings into the text (see
+    /// [`FastExpr::fold_settings`]).
+    fn fold_settings(self, settings: &Value) -> FastTemplate {
+        let mut pieces: Vec<Piece> = Vec::with_capacity(self.pieces.len());
+        for piece in self.pieces {
+            let piece = match piece {
+                Piece::Expr(mut expr, source) => {
+                    expr.fold_settings(settings);
+                    match expr.constant() {
+                        Some(v) => {
+                            let mut text = String::new();
+                            match write_display(&mut text, v) {
+                                Ok(()) => Piece::Text(text),
+                                Err(_) => Piece::Expr(expr, source),
+                            }
+                        }
+                        None => Piece::Expr(expr, source),
+                    }
+                }
+                text => text,
+            };
+            match (pieces.last_mut(), piece) {
+                (Some(Piece::Text(prev)), Piece::Text(t)) => prev.push_str(&t),
+                (_, Piece::Text(t)) if t.is_empty() => {}
+                (_, piece) => pieces.push(piece),
+            }
+        }
+        FastTemplate::with_pieces(pieces)
     }
 
     fn render(&self, vars: &Vars<'_>) -> Result<String, String> {
-        let mut out = String::new();
+        let mut out = String::with_capacity(self.capacity);
         for piece in &self.pieces {
             match piece {
                 Piece::Text(t) => out.push_str(t),
@@ -197,6 +245,9 @@ pub struct Expression {
 pub struct Engine {
     env: Environment<'static>,
     counter: usize,
+    /// The plan's settings, when fixed: the fast paths of templates and expressions compiled
+    /// from then on have their settings-only parts folded into constants.
+    settings: Option<Value>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -247,7 +298,18 @@ impl Engine {
             write!(out, "{value}").map_err(|_| Error::new(ErrorKind::WriteFailure, "write failed"))
         });
         register_filters(&mut env);
-        Engine { env, counter: 0 }
+        Engine {
+            env,
+            counter: 0,
+            settings: None,
+        }
+    }
+
+    /// Declares the settings every later evaluation will see (a plan's settings never
+    /// change), so the templates and expressions compiled from now on fold what reads only
+    /// settings into constants. Results are the same; they just cost less per record.
+    pub fn fold_settings(&mut self, settings: Value) {
+        self.settings = Some(settings);
     }
 
     /// Compiles a template.
@@ -257,10 +319,11 @@ impl Engine {
         self.env
             .add_template_owned(name.clone(), source.to_string())
             .map_err(compile_error)?;
-        Ok(Template {
-            name,
-            fast: FastTemplate::parse(source),
-        })
+        let fast = FastTemplate::parse(source).map(|t| match &self.settings {
+            Some(settings) => t.fold_settings(settings),
+            None => t,
+        });
+        Ok(Template { name, fast })
     }
 
     /// Compiles an expression.
@@ -275,10 +338,11 @@ impl Engine {
         self.env
             .add_template_owned(name.clone(), format!("{EXPR_PREFIX}{source}{EXPR_SUFFIX}"))
             .map_err(compile_error)?;
-        Ok(Expression {
-            name,
-            fast: FastExpr::parse(source),
-        })
+        let mut fast = FastExpr::parse(source);
+        if let (Some(f), Some(settings)) = (&mut fast, &self.settings) {
+            f.fold_settings(settings);
+        }
+        Ok(Expression { name, fast })
     }
 
     /// Variables a template or expression reads (top-level names only).
@@ -669,6 +733,33 @@ mod tests {
     }
 
     #[test]
+    fn dict_literals_match_minijinja() {
+        let record = Arc::new(json!({"a": 1, "list": [{"id": "S"}]}));
+        let mut engine = Engine::new();
+        for src in [
+            "[{'type': 'SolutionProfile', 'id': referral.list[0].id}]",
+            "{'b': 1, 'a': referral.missing, 'b': [referral.a, {}]}",
+            "{'x': 1} if referral.a else none",
+            "{}",
+        ] {
+            let e = engine.expression(src).unwrap();
+            assert!(e.is_fast(), "{src}");
+            with_vars(&record, |vars| {
+                let slow = minijinja_to_json(&engine.eval_raw(&e, vars).unwrap()).unwrap();
+                assert_eq!(engine.eval(&e, vars).unwrap(), slow, "{src}");
+                assert_eq!(
+                    engine.is_true(&e, vars).unwrap(),
+                    engine.eval_raw(&e, vars).unwrap().is_true(),
+                    "{src}"
+                );
+            });
+        }
+        // Printed, minijinja keeps the written key order: not for the fast path.
+        assert!(!engine.template("{{ {'b': 1, 'a': 2} }}").unwrap().is_fast());
+        assert!(!engine.expression("{'b': 1} ~ ''").unwrap().is_fast());
+    }
+
+    #[test]
     fn runaway_templates_run_out_of_fuel() {
         let record = Arc::new(json!({}));
         let mut engine = Engine::new();
@@ -708,6 +799,10 @@ mod tests {
                 Just("true".to_string()),
                 Just("none".to_string()),
                 Just("[1, 'a']".to_string()),
+                Just("{'k': r.a, 'j': r.missing, 'a': [r.c.d]}".to_string()),
+                Just("{'b': 1, 'a': r.b, 'b': settings.field}".to_string()),
+                Just("[{'type': 'S', 'id': r.list[0]}, {}]".to_string()),
+                Just("('x' if settings.flag else r.a)".to_string()),
             ]
         }
 
@@ -778,6 +873,35 @@ mod tests {
                     prop_assert_eq!(v.truthy(), slow.is_true(), "truthiness of {}", e);
                     let slow_json = minijinja_to_json(&slow).unwrap();
                     prop_assert_eq!(v.into_json(), slow_json, "value of {}", e);
+                }
+                // With the settings folded in at compile time, as plans do.
+                let mut folded = fast.clone();
+                folded.fold_settings(&settings);
+                if let Ok(v) = folded.eval(&vars) {
+                    let slow = engine.eval_raw(&compiled, &vars);
+                    prop_assert!(slow.is_ok(), "{e} (folded): {:?}", slow);
+                    let slow = slow.unwrap();
+                    prop_assert_eq!(v.truthy(), slow.is_true(), "truthiness of {} (folded)", e);
+                    prop_assert_eq!(v.into_json(), minijinja_to_json(&slow).unwrap(), "value of {} (folded)", e);
+                }
+            }
+
+            #[test]
+            fn folded_templates_agree_with_minijinja(e in expr(), r in record(), flag in any::<bool>()) {
+                let src = format!("<{{{{ {e} }}}}|{{{{ settings.field }}}}>");
+                let settings = json!({"flag": flag, "field": "a"});
+                let mut engine = Engine::new();
+                engine.fold_settings(settings.clone());
+                let fast = engine.template(&src).unwrap();
+                if !fast.is_fast() { return Ok(()) }
+                let slow = engine.template(&format!("{src}{{% if false %}}{{% endif %}}")).unwrap();
+                let record = Arc::new(r);
+                let mj = json_to_minijinja_eager(&settings);
+                let vars = Vars { entries: vec![("r", VarValue::Shared(&record)), ("settings", VarValue::Prepared(&settings, &mj))] };
+                let (f, s) = (engine.render(&fast, &vars), engine.render(&slow, &vars));
+                prop_assert_eq!(f.is_ok(), s.is_ok(), "{}: {:?} vs {:?}", src, f, s);
+                if let (Ok(f), Ok(s)) = (f, s) {
+                    prop_assert_eq!(f, s, "{}", src);
                 }
             }
 

@@ -207,16 +207,22 @@ impl DateTime {
 
     fn write_date(&self, out: &mut impl Write) -> fmt::Result {
         let utc = self.to_utc();
-        write!(out, "{:04}-{:02}-{:02}", utc.year, utc.month, utc.day)
+        match utc.digits() {
+            Some(d) => out.write_str(ascii(&d[..10])?),
+            None => write!(out, "{:04}-{:02}-{:02}", utc.year, utc.month, utc.day),
+        }
     }
 
     fn write_utc(&self, out: &mut impl Write) -> fmt::Result {
         let u = self.to_utc();
-        write!(
-            out,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-            u.year, u.month, u.day, u.hour, u.minute, u.second
-        )?;
+        match u.digits() {
+            Some(d) => out.write_str(ascii(&d)?)?,
+            None => write!(
+                out,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                u.year, u.month, u.day, u.hour, u.minute, u.second
+            )?,
+        }
         if u.nanos != 0 {
             let mut nanos = u.nanos;
             let mut width: usize = 9;
@@ -228,6 +234,34 @@ impl DateTime {
         }
         out.write_char('Z')
     }
+}
+
+impl DateTime {
+    /// `YYYY-MM-DDThh:mm:ss`, written digit by digit: the `date`/`datetime` transforms run
+    /// for every record, and padded `write!` formatting was most of their cost. `None` when
+    /// a field does not fit its width (only for hand-built values); callers then format
+    /// with `write!`, which gives the same text where both apply.
+    fn digits(&self) -> Option<[u8; 19]> {
+        let year = u16::try_from(self.year).ok().filter(|y| *y <= 9999)?;
+        let two = [self.month, self.day, self.hour, self.minute, self.second];
+        if two.iter().any(|v| *v > 99) {
+            return None;
+        }
+        let mut b = *b"0000-00-00T00:00:00";
+        for (i, div) in [1000u16, 100, 10, 1].into_iter().enumerate() {
+            b[i] = b'0' + u8::try_from(year / div % 10).ok()?;
+        }
+        for (v, at) in two.into_iter().zip([5, 8, 11, 14, 17]) {
+            b[at] = b'0' + v / 10;
+            b[at + 1] = b'0' + v % 10;
+        }
+        Some(b)
+    }
+}
+
+/// The text of [`DateTime::digits`] (always ASCII).
+fn ascii(bytes: &[u8]) -> Result<&str, fmt::Error> {
+    std::str::from_utf8(bytes).map_err(|_| fmt::Error)
 }
 
 /// Compares formatted output against a string piece by piece.
@@ -359,6 +393,36 @@ fn civil_from_days(days: i64) -> (i32, u8, u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hand_written_digits_match_padded_formatting() {
+        let mut seconds = -62_167_219_200i64; // 0000-01-01T00:00:00Z
+        while seconds < 253_402_300_800 {
+            // 10000-01-01T00:00:00Z
+            let d = DateTime::from_unix(seconds, 0);
+            let padded = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+                d.year, d.month, d.day, d.hour, d.minute, d.second
+            );
+            assert_eq!(d.utc_string(), padded);
+            assert_eq!(d.date_string(), padded[..10]);
+            assert!(d.utc_string_is(&padded) && d.date_string_is(&padded[..10]));
+            seconds += 7_777_777;
+        }
+        // Out of the four-digit range (hand-built): the padded formatting still applies.
+        let odd = DateTime {
+            year: 12345,
+            month: 1,
+            day: 2,
+            hour: 3,
+            minute: 4,
+            second: 5,
+            nanos: 0,
+            offset_minutes: 0,
+        };
+        assert_eq!(odd.utc_string(), "12345-01-02T03:04:05Z");
+        assert_eq!(DateTime { year: -1, ..odd }.date_string(), "-001-01-02");
+    }
 
     fn utc(s: &str) -> Option<String> {
         parse(s).map(|d| d.utc_string())
