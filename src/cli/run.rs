@@ -85,12 +85,13 @@ pub struct RunArgs {
     /// instance takes the job over when it expires.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     lease: u64,
-    /// Seconds between Partner Center reconciles (catches missed webhooks).
-    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
-    reconcile_every: u64,
-    /// Seconds between CRM change polls.
-    #[arg(long, default_value_t = 15, value_name = "SECONDS")]
-    poll_every: u64,
+    /// Seconds between Partner Center reconciles (catches missed webhooks) [default: 300;
+    /// 30 against a sandbox].
+    #[arg(long, value_name = "SECONDS")]
+    reconcile_every: Option<u64>,
+    /// Seconds between CRM change polls [default: 15; 2 against a sandbox].
+    #[arg(long, value_name = "SECONDS")]
+    poll_every: Option<u64>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -284,15 +285,14 @@ async fn run_async(args: &RunArgs, config: Config, plan: Plan) -> anyhow::Result
         worker: instance,
         lease: Duration::from_secs(args.lease.max(5)),
         concurrency: args.concurrency.max(1),
-        reconcile_every: Duration::from_secs(args.reconcile_every.max(1)),
-        poll_every: Duration::from_secs(args.poll_every.max(1)),
         ..RunOptions::default()
     };
-    if sandboxed {
-        // The sandbox is local: poll it briskly so edits show up within seconds.
-        options.poll_every = options.poll_every.min(Duration::from_secs(2));
-        options.reconcile_every = options.reconcile_every.min(Duration::from_secs(30));
-    }
+    // The sandbox is local: unless told otherwise, poll it briskly so edits show up within
+    // seconds.
+    let (reconcile_every, poll_every) = if sandboxed { (30, 2) } else { (300, 15) };
+    options.reconcile_every =
+        Duration::from_secs(args.reconcile_every.unwrap_or(reconcile_every).max(1));
+    options.poll_every = Duration::from_secs(args.poll_every.unwrap_or(poll_every).max(1));
     let runner = Runner::new(engine.clone(), options);
 
     // The HTTP server: webhooks (stored before the 200), health, metrics.

@@ -63,7 +63,7 @@ impl EventSink for InboxSink {
                 .await
                 .map_err(|error| SinkError::new(format!("cannot store the event: {error}")))?;
             if let Some(wake) = &self.wake {
-                wake.notify_waiters();
+                wake.notify_one();
             }
             Ok(())
         })

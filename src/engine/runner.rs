@@ -216,7 +216,7 @@ impl Runner {
             store.set_cursor(RECONCILE_CURSOR, &newest).await?;
         }
         if enqueued > 0 {
-            self.wake.notify_waiters();
+            self.wake.notify_one();
         }
         self.activity.send_modify(|a| a.reconciles += 1);
         Ok(enqueued)
@@ -361,7 +361,7 @@ impl Runner {
             }
         }
         if enqueued > 0 {
-            self.wake.notify_waiters();
+            self.wake.notify_one();
         }
         self.activity.send_modify(|a| a.polls += 1);
         Ok(enqueued)
@@ -462,13 +462,14 @@ impl Runner {
         let mut tally = Drained::default();
         let mut running: JoinSet<(Job, Option<JobResult>, Duration)> = JoinSet::new();
         loop {
-            let free = self.options.concurrency.saturating_sub(running.len());
+            let mut free = self.options.concurrency.saturating_sub(running.len());
             if free > 0 {
                 let jobs = self
                     .engine
                     .store()
                     .claim(&self.options.worker, self.options.lease, free)
                     .await?;
+                free -= jobs.len();
                 for job in jobs {
                     let engine = self.engine.clone();
                     let lease = self.options.lease;
@@ -479,7 +480,16 @@ impl Runner {
                     });
                 }
             }
-            let Some(joined) = running.join_next().await else {
+            if running.is_empty() {
+                return Ok(tally);
+            }
+            // A webhook stored while jobs run is claimed at once by a free worker, not
+            // after the running jobs finish.
+            let joined = tokio::select! {
+                joined = running.join_next() => joined,
+                () = self.wake.notified(), if free > 0 => continue,
+            };
+            let Some(joined) = joined else {
                 return Ok(tally);
             };
             let Ok((job, result, elapsed)) = joined else {

@@ -283,6 +283,32 @@ fn compare_datetimes(a: &DateTime, b: &DateTime) -> Ordering {
 
 impl Filter {
     /// Whether `record` satisfies the filter.
+    /// A `property eq 'text'` (or GUID) test the whole filter requires — the filter itself
+    /// or one of its top-level `and` terms — as (property, text), so a caller can narrow the
+    /// rows to test through an index. `None` for date-like text, which compares as a date.
+    pub fn required_equality(&self) -> Option<(&str, &str)> {
+        fn find(node: &Node) -> Option<(&str, &str)> {
+            match node {
+                Node::And(a, b) => find(a).or_else(|| find(b)),
+                Node::Compare(CmpOp::Eq, left, right) => match (&**left, &**right) {
+                    (
+                        Node::Path(path),
+                        Node::Literal(Literal::String(text) | Literal::Guid(text)),
+                    )
+                    | (
+                        Node::Literal(Literal::String(text) | Literal::Guid(text)),
+                        Node::Path(path),
+                    ) if path.len() == 1 && !path[0].starts_with('$') && !looks_like_date(text) => {
+                        Some((path[0].as_str(), text.as_str()))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
+        find(&self.root)
+    }
+
     pub fn matches(&self, record: &Value, options: &MatchOptions) -> bool {
         let scope = Scope {
             root: record,

@@ -300,7 +300,7 @@ fn change_set(
 ) -> (Vec<(Option<String>, Answer)>, Option<StatusCode>) {
     let state = &call.sandbox.dataverse;
     let mut guard = lock(&state.store);
-    let snapshot = guard.clone();
+    guard.begin();
     let mut answers = Vec::new();
     let mut failure = None;
     {
@@ -323,11 +323,12 @@ fn change_set(
     }
     match failure {
         Some((content_id, answer)) => {
-            *guard = snapshot;
+            guard.rollback(&state.schema);
             let status = answer.status;
             (vec![(content_id, answer)], Some(status))
         }
         None => {
+            guard.commit();
             drop(guard);
             call.sandbox.changed();
             (answers, None)

@@ -308,15 +308,26 @@ pub fn list(call: &Call<'_>, state: &State, table: &Table) -> Result<Response, D
         return super::tracking::list(call, state, table);
     }
     let query = parse_query(call, state, table)?;
-    let store = call.store();
+    let mut store = call.store();
+    // An equality the filter requires narrows the rows to test through an index (the full
+    // filter still decides), in the table's order as a scan would give them.
+    let candidates = query
+        .filter
+        .as_ref()
+        .and_then(|f| f.required_equality())
+        .map(|(column, text)| store.ids_where_eq(table, column, text));
     let Some(rows) = store.rows(table) else {
         return Err(DvError::internal("table without storage"));
     };
-    let mut matched: Vec<&Value> = rows
-        .rows
-        .values()
-        .filter(|row| query.filter.as_ref().is_none_or(|f| f.matches(row, &CI)))
-        .collect();
+    let keep = |row: &&Value| query.filter.as_ref().is_none_or(|f| f.matches(row, &CI));
+    let mut matched: Vec<&Value> = match &candidates {
+        Some(ids) => ids
+            .iter()
+            .filter_map(|id| rows.rows.get(id))
+            .filter(keep)
+            .collect(),
+        None => rows.rows.values().filter(keep).collect(),
+    };
     if !query.orderby.is_empty() {
         matched.sort_by(|a, b| compare_rows(a, b, &query.orderby, table.id()));
     }

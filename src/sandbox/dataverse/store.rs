@@ -3,7 +3,7 @@
 //! lookup target in the `…@Microsoft.Dynamics.CRM.lookuplogicalname` annotation), so
 //! `$filter` runs on them directly and reads only pick and annotate.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{Map, Value, json};
 
@@ -26,17 +26,68 @@ pub struct Rows {
     /// Tombstones of deleted rows: id → the row version the deletion got, so a change
     /// tracking delta can report deletions that happened after its token.
     pub deleted: BTreeMap<String, u64>,
+    /// Equality indexes, built the first time a `$filter` asks `column eq 'text'`: column →
+    /// case-folded text → ids. Without them every lookup scanned the table, and with 10 000
+    /// opportunities the sandbox, not the engine, was the bound of a backfill (bench/run).
+    eq: HashMap<String, HashMap<String, BTreeSet<String>>>,
 }
 
-/// Every table's rows and the organization-wide row version counter. `Clone` is the
-/// snapshot a `$batch` change set restores when it rolls back: rows, alternate-key indexes,
-/// tombstones and the version counter all return to where they were, so change tracking
-/// never sees a version handed out by a rolled-back write.
+/// Text as Dataverse's default collation compares it: case-insensitively (the same folding
+/// as the `$filter` evaluator's).
+fn fold(text: &str) -> String {
+    text.chars().flat_map(char::to_lowercase).collect()
+}
+
+impl Rows {
+    /// Adds a row's values to the equality indexes.
+    fn index_eq(&mut self, id: &str, row: &Value) {
+        for (column, index) in &mut self.eq {
+            if let Some(text) = row.get(column).and_then(Value::as_str) {
+                index.entry(fold(text)).or_default().insert(id.to_owned());
+            }
+        }
+    }
+
+    /// Takes a row's values out of the equality indexes.
+    fn unindex_eq(&mut self, id: &str, row: &Value) {
+        for (column, index) in &mut self.eq {
+            if let Some(text) = row.get(column).and_then(Value::as_str) {
+                let key = fold(text);
+                if let Some(ids) = index.get_mut(&key) {
+                    ids.remove(id);
+                    if ids.is_empty() {
+                        index.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every table's rows and the organization-wide row version counter.
+///
+/// A `$batch` change set runs between [`Store::begin`] and [`Store::commit`]; when it fails,
+/// [`Store::rollback`] returns rows, alternate-key indexes, tombstones and the version
+/// counter to where they were, so change tracking never sees a version handed out by a
+/// rolled-back write. The rollback replays a journal of the rows the change set touched: a
+/// copy of the whole store per change set (what this did before) made every write O(rows),
+/// and the sandbox, not the engine, the bound of a 10 000-referral backfill (bench/run).
 #[derive(Debug, Clone)]
 pub struct Store {
     tables: HashMap<String, Rows>,
     /// Last row version handed out (Dataverse's rowversion is database-wide).
     version: u64,
+    /// What the running change set changed, oldest first; `None` outside change sets.
+    journal: Option<Journal>,
+}
+
+/// The undo log of a change set.
+#[derive(Debug, Clone)]
+struct Journal {
+    /// The version counter when the change set began.
+    version: u64,
+    /// (table, row id, the row before, its tombstone before), in the order of the writes.
+    rows: Vec<(String, String, Option<Value>, Option<u64>)>,
 }
 
 /// How a request names a row: by primary id or by alternate-key values.
@@ -75,6 +126,7 @@ impl Store {
         let mut store = Store {
             tables: HashMap::new(),
             version: 1_000_000,
+            journal: None,
         };
         for table in schema.tables() {
             store
@@ -102,6 +154,87 @@ impl Store {
             }
         }
         store
+    }
+
+    /// Starts a change set: every write until [`Store::commit`] can be undone.
+    pub fn begin(&mut self) {
+        self.journal = Some(Journal {
+            version: self.version,
+            rows: Vec::new(),
+        });
+    }
+
+    /// Ends a change set, keeping its writes.
+    pub fn commit(&mut self) {
+        self.journal = None;
+    }
+
+    /// Ends a change set, undoing its writes: each row it touched goes back to its state
+    /// before the first write, newest write first.
+    pub fn rollback(&mut self, schema: &Schema) {
+        let Some(journal) = self.journal.take() else {
+            return;
+        };
+        for (logical, id, row, tombstone) in journal.rows.into_iter().rev() {
+            let Some(table) = schema.table(&logical) else {
+                continue;
+            };
+            self.remove(table, &id);
+            let rows = self.tables.entry(logical).or_default();
+            if let Some(row) = row {
+                let entries: Vec<(usize, String)> = table
+                    .def
+                    .alternate_keys
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, key)| Some((i, key_of(table, &row, &key.columns)?)))
+                    .collect();
+                Self::index(rows, entries, &id);
+                rows.index_eq(&id, &row);
+                rows.rows.insert(id.clone(), row);
+            }
+            match tombstone {
+                Some(version) => rows.deleted.insert(id, version),
+                None => rows.deleted.remove(&id),
+            };
+        }
+        self.version = journal.version;
+    }
+
+    /// Notes the state of a row about to be written, inside a change set.
+    fn record(&mut self, logical: &str, id: &str) {
+        if let Some(journal) = self.journal.as_mut() {
+            let rows = self.tables.get(logical);
+            journal.rows.push((
+                logical.to_owned(),
+                id.to_owned(),
+                rows.and_then(|r| r.rows.get(id)).cloned(),
+                rows.and_then(|r| r.deleted.get(id)).copied(),
+            ));
+        }
+    }
+
+    /// Ids (in the table's order) of the rows whose `column` holds `text`, compared
+    /// case-insensitively, through the column's equality index (built on first use, then
+    /// kept up to date by every write).
+    pub fn ids_where_eq(&mut self, table: &Table, column: &str, text: &str) -> Vec<String> {
+        let Some(rows) = self.tables.get_mut(table.logical()) else {
+            return Vec::new();
+        };
+        if !rows.eq.contains_key(column) {
+            let mut index: HashMap<String, BTreeSet<String>> = HashMap::new();
+            for (id, row) in &rows.rows {
+                if let Some(value) = row.get(column).and_then(Value::as_str) {
+                    index.entry(fold(value)).or_default().insert(id.clone());
+                }
+            }
+            rows.eq.insert(column.to_owned(), index);
+        }
+        rows.eq
+            .get(column)
+            .and_then(|index| index.get(&fold(text)))
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// A new row version.
@@ -189,6 +322,7 @@ impl Store {
             .and_then(Value::as_str)
             .map(str::to_ascii_lowercase)
             .ok_or_else(|| DvError::internal("row without a primary id"))?;
+        self.record(table.logical(), &id);
         let rows = self.tables.entry(table.logical().to_owned()).or_default();
         if rows.rows.contains_key(&id) {
             return Err(DvError::duplicate("Cannot insert duplicate key."));
@@ -197,6 +331,7 @@ impl Store {
         Self::index(rows, entries, &id);
         // A row created again under a deleted id is no longer deleted.
         rows.deleted.remove(&id);
+        rows.index_eq(&id, &row);
         rows.rows.insert(id.clone(), row);
         Ok(id)
     }
@@ -204,18 +339,21 @@ impl Store {
     /// Replaces an existing row (same id); 412 when the new alternate-key values belong to
     /// another row.
     pub fn replace(&mut self, table: &Table, id: &str, row: Value) -> Result<(), DvError> {
+        self.record(table.logical(), id);
         let rows = self.tables.entry(table.logical().to_owned()).or_default();
         let entries = Self::check_keys(table, rows, &row, Some(id))?;
-        if let Some(old) = rows.rows.get(id) {
+        if let Some(old) = rows.rows.remove(id) {
             for (i, key) in table.def.alternate_keys.iter().enumerate() {
-                if let Some(entry) = key_of(table, old, &key.columns)
+                if let Some(entry) = key_of(table, &old, &key.columns)
                     && let Some(index) = rows.keys.get_mut(i)
                 {
                     index.remove(&entry);
                 }
             }
+            rows.unindex_eq(id, &old);
         }
         Self::index(rows, entries, id);
+        rows.index_eq(id, &row);
         rows.rows.insert(id.to_owned(), row);
         Ok(())
     }
@@ -223,6 +361,7 @@ impl Store {
     /// Deletes a row the way a `DELETE` does: removes it and leaves a tombstone with a
     /// new row version for change tracking. Returns the row.
     pub fn delete(&mut self, table: &Table, id: &str) -> Option<Value> {
+        self.record(table.logical(), id);
         let row = self.remove(table, id)?;
         let version = self.next_version();
         if let Some(rows) = self.tables.get_mut(table.logical()) {
@@ -234,6 +373,7 @@ impl Store {
     /// Takes a row out without a tombstone (undoing a create that never became visible);
     /// returns it.
     pub fn remove(&mut self, table: &Table, id: &str) -> Option<Value> {
+        self.record(table.logical(), id);
         let rows = self.tables.get_mut(table.logical())?;
         let row = rows.rows.remove(id)?;
         for (i, key) in table.def.alternate_keys.iter().enumerate() {
@@ -243,6 +383,7 @@ impl Store {
                 index.remove(&entry);
             }
         }
+        rows.unindex_eq(id, &row);
         Some(row)
     }
 
@@ -303,6 +444,7 @@ impl Store {
     pub fn restore(schema: &Schema, value: &Value) -> anyhow::Result<Store> {
         let mut store = Store {
             tables: HashMap::new(),
+            journal: None,
             version: value
                 .get("version")
                 .and_then(Value::as_u64)
