@@ -42,7 +42,7 @@ use tokio::runtime::Runtime;
 mod backfill;
 mod common;
 use backfill::{Names, incoming_referral, names, rows, shared_values, text};
-use common::{postgres_admin, postgres_base_url};
+use common::{free_port, postgres_admin, postgres_base_url};
 
 /// Referrals Microsoft shares before the instances start (`COSELL_SCALE_REFERRALS`).
 const REFERRALS: usize = 3000;
@@ -58,14 +58,6 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// A free loopback port (bound, read, released: the instance binds it next).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// A round-robin TCP balancer in front of `backends`, skipping those that refuse (a killed

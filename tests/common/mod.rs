@@ -105,3 +105,11 @@ pub async fn postgres_admin(sql: &str) {
         .expect("admin statement");
     pool.close().await;
 }
+
+/// A free loopback port (bound, read, released: a process started next binds it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
