@@ -672,6 +672,7 @@ async fn from_config_resolves_references_and_requires_the_tenant() {
             ..Budget::default()
         },
         allow_insecure_http: true,
+        timeout_seconds: None,
     };
     let base = env.base.clone();
     let vars = move |name: &str| match name {

@@ -46,6 +46,7 @@ fn settings(base: &str) -> PartnerCenterSettings {
         },
         allow_insecure_http: true,
         trusted_certificates: Vec::new(),
+        request_timeout: cosell::connectors::http::DEFAULT_REQUEST_TIMEOUT,
     }
 }
 
@@ -655,6 +656,7 @@ async fn insecure_urls_wrong_secrets_and_missing_references_are_refused() {
             ..Budget::default()
         },
         allow_insecure_http: true,
+        timeout_seconds: None,
     };
     let env = |name: &str| match name {
         "PC_TENANT" => Some("contoso.onmicrosoft.com".to_owned()),

@@ -662,6 +662,7 @@ async fn insecure_urls_and_missing_credentials_are_config_errors() {
         auth,
         budget: Budget::default(),
         allow_insecure_http: true,
+        timeout_seconds: None,
     };
     let auth = CrmAuth {
         tenant_id: None,

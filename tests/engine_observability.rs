@@ -85,6 +85,7 @@ async fn world(setup: Setup) -> World {
         },
         allow_insecure_http: true,
         trusted_certificates: Vec::new(),
+        request_timeout: cosell::connectors::http::DEFAULT_REQUEST_TIMEOUT,
     })
     .unwrap();
     let crm = match setup.crm {

@@ -183,7 +183,12 @@ async fn setup(
         (None, None, None)
     };
     let (pc, crm) = match &base {
-        Some(base) => connect::sandbox_clients(config.crm, base, ca.as_deref())?,
+        Some(base) => connect::sandbox_clients_with(
+            config.crm,
+            base,
+            ca.as_deref(),
+            connect::Timeouts::of(&config),
+        )?,
         None => connect::configured_clients(&config, &process_env)?,
     };
     let state = match &target.state {

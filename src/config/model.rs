@@ -175,6 +175,12 @@ pub struct PartnerCenterConnection {
     /// How many calls cosell may make to Partner Center.
     #[serde(default)]
     pub budget: Budget,
+    /// Seconds one API call may take before cosell abandons it and retries (default 60).
+    /// A timed-out write is never blindly repeated: the retry first reads what the
+    /// service kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 600))]
+    pub timeout_seconds: Option<u32>,
     /// Allow `http://` base URLs. Only for the local sandbox; production must use https.
     #[serde(default)]
     pub allow_insecure_http: bool,
@@ -216,6 +222,12 @@ pub struct CrmConnection {
     /// How many calls cosell may make to the CRM.
     #[serde(default)]
     pub budget: Budget,
+    /// Seconds one API call may take before cosell abandons it and retries (default 60).
+    /// A timed-out write is never blindly repeated: the retry first reads what the
+    /// service kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 600))]
+    pub timeout_seconds: Option<u32>,
     /// Allow `http://` base URLs. Only for the local sandbox; production must use https.
     #[serde(default)]
     pub allow_insecure_http: bool,

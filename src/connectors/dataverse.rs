@@ -81,6 +81,8 @@ pub struct DataverseSettings {
     pub allow_insecure_http: bool,
     /// Extra CA certificates (PEM) to trust, e.g. the sandbox CA with `--tls`.
     pub trusted_certificates: Vec<String>,
+    /// Whole-request timeout of every API call ([`super::http::DEFAULT_REQUEST_TIMEOUT`]).
+    pub request_timeout: std::time::Duration,
     /// Rows per page for queries and change tracking when not chosen per call.
     pub page_size: u32,
 }
@@ -104,6 +106,7 @@ impl DataverseSettings {
             budget: Budget::default(),
             allow_insecure_http: false,
             trusted_certificates: Vec::new(),
+            request_timeout: super::http::DEFAULT_REQUEST_TIMEOUT,
             page_size: DEFAULT_PAGE_SIZE,
         }
     }
@@ -150,6 +153,7 @@ impl DataverseSettings {
         settings.budget = conn.budget.clone();
         settings.allow_insecure_http = conn.allow_insecure_http;
         settings.trusted_certificates = trusted.to_vec();
+        settings.request_timeout = super::http::request_timeout(conn.timeout_seconds);
         Ok(settings)
     }
 }
@@ -912,6 +916,7 @@ impl DataverseClient {
         options.allow_insecure_http = settings.allow_insecure_http;
         options.budget = settings.budget.clone();
         options.extra_root_certificates = settings.trusted_certificates.clone();
+        options.request_timeout = settings.request_timeout;
         let tokens = TokenSource::entra_client_credentials(
             API,
             &authority,

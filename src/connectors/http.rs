@@ -28,6 +28,16 @@ pub const METRIC_BUDGET_REMAINING: &str = "cosell_upstream_budget_remaining";
 /// Gauge of the daily allocation (`budget.per_day`) by `api`; only where configured.
 pub const METRIC_BUDGET_LIMIT: &str = "cosell_upstream_budget_daily_limit";
 
+/// How long one API call may take unless the connection sets `timeout_seconds`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A connection's `timeout_seconds`, or the default.
+pub fn request_timeout(seconds: Option<u32>) -> Duration {
+    seconds.map_or(DEFAULT_REQUEST_TIMEOUT, |s| {
+        Duration::from_secs(u64::from(s.max(1)))
+    })
+}
+
 /// How to build an [`Upstream`].
 #[derive(Debug, Clone)]
 pub struct UpstreamOptions {
@@ -63,7 +73,7 @@ impl UpstreamOptions {
             budget: Budget::default(),
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(60),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             extra_root_certificates: Vec::new(),
             base_from_token: false,
         }

@@ -2,6 +2,7 @@
 //! pointed at a sandbox (every API on one base URL, the sandbox's well-known credentials).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use serde_json::{Map, Value, json};
@@ -9,6 +10,7 @@ use serde_json::{Map, Value, json};
 use super::crm::Crm;
 use crate::config::model::{Budget, Config, CrmKind};
 use crate::connectors::dataverse::{DataverseClient, DataverseSettings};
+use crate::connectors::http::{DEFAULT_REQUEST_TIMEOUT, request_timeout};
 use crate::connectors::partner_center::{PartnerCenterClient, PartnerCenterSettings};
 use crate::connectors::salesforce::{SalesforceAuth, SalesforceClient, SalesforceSettings};
 use crate::connectors::{Secret, SecretEnv};
@@ -19,12 +21,57 @@ pub const SANDBOX_CLIENT_ID: &str = "cosell-sandbox";
 const SANDBOX_SECRET: &str = "sandbox-secret";
 const SANDBOX_REFRESH_TOKEN: &str = "sandbox-refresh-token";
 
+/// Per-call timeouts of the clients: the mapping's `timeout_seconds`, also honoured
+/// against a sandbox (so a fault-injection run can make a hung call time out quickly).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Partner Center (referrals and webhook registration).
+    pub partner_center: Duration,
+    /// The CRM.
+    pub crm: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            partner_center: DEFAULT_REQUEST_TIMEOUT,
+            crm: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+}
+
+impl Timeouts {
+    /// The timeouts `config`'s connections set.
+    pub fn of(config: &Config) -> Timeouts {
+        let connections = &config.connections;
+        Timeouts {
+            partner_center: request_timeout(
+                connections
+                    .partner_center
+                    .as_ref()
+                    .and_then(|c| c.timeout_seconds),
+            ),
+            crm: request_timeout(connections.crm.as_ref().and_then(|c| c.timeout_seconds)),
+        }
+    }
+}
+
 /// Partner Center and CRM clients for a sandbox at `base_url` (`ca_pem`: its CA, for
 /// `https://` sandboxes).
 pub fn sandbox_clients(
     crm: CrmKind,
     base_url: &str,
     ca_pem: Option<&str>,
+) -> anyhow::Result<(PartnerCenterClient, Crm)> {
+    sandbox_clients_with(crm, base_url, ca_pem, Timeouts::default())
+}
+
+/// [`sandbox_clients`] with the per-call timeouts of a mapping.
+pub fn sandbox_clients_with(
+    crm: CrmKind,
+    base_url: &str,
+    ca_pem: Option<&str>,
+    timeouts: Timeouts,
 ) -> anyhow::Result<(PartnerCenterClient, Crm)> {
     let trusted: Vec<String> = ca_pem.map(str::to_owned).into_iter().collect();
     let pc = PartnerCenterClient::new(PartnerCenterSettings {
@@ -41,6 +88,7 @@ pub fn sandbox_clients(
         },
         allow_insecure_http: true,
         trusted_certificates: trusted.clone(),
+        request_timeout: timeouts.partner_center,
     })?;
     let crm = match crm {
         CrmKind::Dynamics365 => {
@@ -57,6 +105,7 @@ pub fn sandbox_clients(
                 concurrent: Some(16),
                 ..Budget::default()
             };
+            settings.request_timeout = timeouts.crm;
             Crm::Dataverse(DataverseClient::new(settings)?)
         }
         CrmKind::Salesforce => {
@@ -73,6 +122,7 @@ pub fn sandbox_clients(
                 concurrent: Some(8),
                 ..Budget::default()
             };
+            settings.request_timeout = timeouts.crm;
             Crm::Salesforce(SalesforceClient::new(settings)?)
         }
     };

@@ -91,10 +91,18 @@ pub struct Runner {
     options: RunOptions,
     wake: Arc<Notify>,
     seen: Arc<std::sync::Mutex<HashMap<String, String>>>,
+    /// Where the related-referral sweep goes on next round (a referral id; empty: from
+    /// the start).
+    related_after: Arc<std::sync::Mutex<String>>,
     activity: Arc<watch::Sender<Activity>>,
     /// Whether this instance runs the periodic pollers (one instance of a pipeline at a time).
     leadership: Arc<tokio::sync::Mutex<Leadership>>,
 }
+
+/// Co-sells whose Microsoft side each reconcile round asks for (one Partner Center call
+/// each): at the default 5-minute interval, at most 5 760 calls a day, and only while
+/// co-sells wait for Microsoft.
+pub const RELATED_PER_ROUND: u32 = 20;
 
 /// The Partner Center reconcile, as named in poller runs.
 pub const RECONCILE_POLLER: &str = "reconcile";
@@ -108,6 +116,7 @@ impl Runner {
             options,
             wake: Arc::new(Notify::new()),
             seen: Arc::new(std::sync::Mutex::new(HashMap::new())),
+            related_after: Arc::new(std::sync::Mutex::new(String::new())),
             activity: Arc::new(watch::channel(Activity::default()).0),
             leadership: Arc::new(tokio::sync::Mutex::new(engine.store().leadership())),
             engine,
@@ -215,10 +224,86 @@ impl Runner {
         {
             store.set_cursor(RECONCILE_CURSOR, &newest).await?;
         }
+        enqueued += self.sweep_related().await?;
         if enqueued > 0 {
             self.wake.notify_one();
         }
         self.activity.send_modify(|a| a.reconciles += 1);
+        Ok(enqueued)
+    }
+
+    /// Microsoft's side of the co-sells we shared that have not heard from it yet: Partner
+    /// Center lists another organization's referral only when asked by engagement, so a
+    /// missed `related-referral-*` webhook is found by asking, [`RELATED_PER_ROUND`]
+    /// engagements per reconcile (round-robin over the rounds, to keep the calls bounded).
+    /// Returns how many referrals were enqueued.
+    async fn sweep_related(&self) -> Result<u64, JobError> {
+        let store = self.engine.store();
+        let after = crate::connectors::lock(&self.related_after).clone();
+        let mut links = store
+            .links_awaiting_related(&after, RELATED_PER_ROUND)
+            .await?;
+        if links.len() < RELATED_PER_ROUND as usize && !after.is_empty() {
+            // Wrapped around: the rest of this round starts from the beginning.
+            let more = RELATED_PER_ROUND - links.len() as u32;
+            let seen: std::collections::HashSet<String> =
+                links.iter().map(|l| l.referral_id.clone()).collect();
+            links.extend(
+                store
+                    .links_awaiting_related("", more)
+                    .await?
+                    .into_iter()
+                    .filter(|l| !seen.contains(&l.referral_id)),
+            );
+        }
+        let mut enqueued = 0;
+        for link in &links {
+            *crate::connectors::lock(&self.related_after) = link.referral_id.clone();
+            let Some(engagement) = link
+                .snapshot
+                .as_ref()
+                .and_then(|s| s.pointer("/referral/engagementId"))
+                .and_then(Value::as_str)
+            else {
+                continue;
+            };
+            for candidate in self
+                .engine
+                .partner_center()
+                .related_referrals(engagement)
+                .await?
+            {
+                let value = serde_json::to_value(&candidate).unwrap_or(Value::Null);
+                let Some(id) = value["id"].as_str() else {
+                    continue;
+                };
+                // Ours: the referral itself, and the one we created for Microsoft (it
+                // names our CRM record).
+                if id == link.referral_id
+                    || value["externalReferenceId"]
+                        .as_str()
+                        .is_some_and(|e| !e.trim().is_empty())
+                {
+                    continue;
+                }
+                let etag = value["eTag"].as_str().unwrap_or_default().to_owned();
+                if self.already_seen(&format!("pc:{id}"), &etag) {
+                    continue;
+                }
+                store
+                    .enqueue(&NewJob::new(
+                        referral_key(&link.referral_id),
+                        PC_REFERRAL,
+                        json!({ "referral": value }),
+                    ))
+                    .await?;
+                enqueued += 1;
+            }
+        }
+        if links.len() < RELATED_PER_ROUND as usize {
+            // A short page: everything was seen; the next round starts over.
+            crate::connectors::lock(&self.related_after).clear();
+        }
         Ok(enqueued)
     }
 

@@ -427,14 +427,24 @@ impl Engine {
                 // (the externalReferenceId write-back), or met a 412: its eTag is stale, and
                 // patching with it would fail with 412 on every attempt until the job is
                 // dead-lettered. Such a job re-reads the referral; a first attempt trusts the
-                // listing and saves the call.
+                // listing and saves the call — unless the link was saved after the listing
+                // was taken (a webhook's job ran first, or the job waited in the inbox across
+                // a restart): the listing may then be older than what the CRM has already,
+                // and applying it would put old values back (the reliability suite's crash
+                // section caught Microsoft's notes being reverted this way).
+                let stale = match listed["id"].as_str() {
+                    Some(id) if job.claims <= 1 => self
+                        .store
+                        .link(id)
+                        .await?
+                        .is_some_and(|link| link.updated_at >= job.enqueued_at),
+                    _ => true,
+                };
                 match listed["id"].as_str() {
-                    Some(id) if job.claims > 1 => {
-                        match self.fresh_referral(id, "reconcile").await? {
-                            Some(value) => self.sync_referral(value).await,
-                            None => Ok(JobOutcome::Skipped),
-                        }
-                    }
+                    Some(id) if stale => match self.fresh_referral(id, "reconcile").await? {
+                        Some(value) => self.sync_referral(value).await,
+                        None => Ok(JobOutcome::Skipped),
+                    },
                     _ => self.sync_referral(listed.clone()).await,
                 }
             }
@@ -525,6 +535,24 @@ impl Engine {
         let rid = referral_id.as_str();
         let record = Arc::new(referral.clone());
         let mut link = self.store.link(rid).await?;
+
+        // The other party's side of a co-sell we already sync (Microsoft's referral on our
+        // engagement). Its webhook says so (`related-referral-*`); the reconcile lists it
+        // without one, so a missed webhook used to leave Microsoft's acceptance unsynced.
+        // A referral naming a CRM record is not this case (see below).
+        if link.is_none()
+            && referral["externalReferenceId"]
+                .as_str()
+                .is_none_or(|s| s.trim().is_empty())
+            && let Some(engagement) = referral["engagementId"].as_str().filter(|e| !e.is_empty())
+            && self
+                .store
+                .linked_on_engagement(engagement, rid)
+                .await?
+                .is_some()
+        {
+            return Box::pin(self.sync_related(referral)).await;
+        }
 
         // Choose the flow (first whose `when` holds).
         let operation = if link.as_ref().is_some_and(|l| l.crm_id.is_some()) {

@@ -103,6 +103,7 @@ async fn info(State(sandbox): State<Arc<Sandbox>>) -> Response {
 async fn stats(State(sandbox): State<Arc<Sandbox>>) -> Response {
     let mut body = serde_json::to_value(sandbox.stats.snapshot()).unwrap_or(Value::Null);
     body["webhooks_dropped"] = json!(sandbox.faults.webhooks_dropped());
+    body["faults_injected"] = json!(sandbox.faults.injected());
     json_response(StatusCode::OK, &body)
 }
 

@@ -67,6 +67,13 @@ pub struct ApiFaults {
     /// `Retry-After: 1` plus 10 % 503: `[{"rate":0.2,"status":429,"retry_after_seconds":1},
     /// {"rate":0.1,"status":503}]`. The rates of one call add up (at most 1 in total).
     pub errors: Vec<ErrorMix>,
+    /// Fraction (0–1) of calls the service carries out but answers only after
+    /// `timeout_ms`: longer than a client waits, so the client sees a timeout without
+    /// knowing whether its write happened — the case a retried create must survive
+    /// without writing twice.
+    pub timeout_rate: f64,
+    /// How long a timed-out call holds its answer, in milliseconds.
+    pub timeout_ms: u64,
 }
 
 /// One kind of injected failure and how often it happens.
@@ -97,6 +104,8 @@ impl Default for ApiFaults {
             reset_next: 0,
             reset_rate: 0.0,
             errors: Vec::new(),
+            timeout_rate: 0.0,
+            timeout_ms: 30_000,
         }
     }
 }
@@ -145,6 +154,8 @@ impl Default for Quotas {
 pub enum Injected {
     /// Close the connection without a response.
     Reset,
+    /// Carry the call out, then hold the answer this long (the client times out).
+    Timeout(Duration),
     /// Answer with this status in the API's error shape.
     Error {
         /// 429, 500 or 503.
@@ -163,6 +174,42 @@ pub struct Faults {
     salesforce_used: Mutex<VecDeque<SystemTime>>,
     partner_center_calls: Mutex<VecDeque<SystemTime>>,
     webhooks_dropped: AtomicU64,
+    injected: Mutex<InjectedCounts>,
+}
+
+/// Faults injected since the last reset, by kind (`GET /_sandbox/stats`,
+/// `faults_injected`): what a fault-injection run reports next to its results.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InjectedCounts {
+    /// 429 answers (Salesforce: 403 `REQUEST_LIMIT_EXCEEDED`).
+    pub throttled: u64,
+    /// 503 answers.
+    pub unavailable: u64,
+    /// 500 answers.
+    pub internal_errors: u64,
+    /// Connections dropped without an answer.
+    pub resets: u64,
+    /// Calls carried out whose answer came too late.
+    pub timeouts: u64,
+}
+
+impl InjectedCounts {
+    /// Every injected fault.
+    pub fn total(&self) -> u64 {
+        self.throttled + self.unavailable + self.internal_errors + self.resets + self.timeouts
+    }
+
+    fn count(&mut self, injected: &Injected) {
+        match injected {
+            Injected::Reset => self.resets += 1,
+            Injected::Timeout(_) => self.timeouts += 1,
+            Injected::Error { status, .. } => match status.as_u16() {
+                429 => self.throttled += 1,
+                503 => self.unavailable += 1,
+                _ => self.internal_errors += 1,
+            },
+        }
+    }
 }
 
 /// Held while a Dataverse call runs; releases its concurrency slot on drop.
@@ -208,6 +255,12 @@ impl Faults {
         lock(&self.salesforce_used).clear();
         lock(&self.partner_center_calls).clear();
         self.webhooks_dropped.store(0, Ordering::Relaxed);
+        *lock(&self.injected) = InjectedCounts::default();
+    }
+
+    /// Faults injected since the last reset.
+    pub fn injected(&self) -> InjectedCounts {
+        *lock(&self.injected)
     }
 
     /// Latency configured for `api`, if any.
@@ -219,8 +272,14 @@ impl Faults {
             .map(Duration::from_millis)
     }
 
-    /// Whether to reset or fail this call.
+    /// Whether to reset, fail or time out this call; counted in [`Faults::injected`].
     pub fn decide(&self, api: Api, rng: &mut Rng) -> Option<Injected> {
+        let injected = self.choose(api, rng)?;
+        lock(&self.injected).count(&injected);
+        Some(injected)
+    }
+
+    fn choose(&self, api: Api, rng: &mut Rng) -> Option<Injected> {
         let mut settings = lock(&self.settings);
         let faults = per_api_mut(&mut settings, api)?;
         if faults.reset_next > 0 {
@@ -257,6 +316,9 @@ impl Faults {
         }
         if rng.chance(faults.reset_rate) {
             return Some(Injected::Reset);
+        }
+        if rng.chance(faults.timeout_rate) {
+            return Some(Injected::Timeout(Duration::from_millis(faults.timeout_ms)));
         }
         None
     }
@@ -451,6 +513,7 @@ fn validate(settings: &FaultSettings) -> Result<(), String> {
         for (name, rate) in [
             ("error_rate", faults.error_rate),
             ("reset_rate", faults.reset_rate),
+            ("timeout_rate", faults.timeout_rate),
             ("errors (sum of rates)", mixed),
         ] {
             if !(0.0..=1.0).contains(&rate) {

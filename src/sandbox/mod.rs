@@ -684,9 +684,14 @@ async fn gate(State(sandbox): State<Arc<Sandbox>>, request: Request, next: Next)
             response
         }
         Admission::Refused(response) => response,
-        Admission::Admitted(permit) => {
+        Admission::Admitted(permit, hang) => {
             let response = next.run(request).await;
             drop(permit);
+            if let Some(hang) = hang {
+                // The work is done (and kept); only the answer is late. A client that
+                // gave up meanwhile has closed the connection, which ends this task.
+                tokio::time::sleep(hang).await;
+            }
             response
         }
     };
@@ -724,7 +729,8 @@ async fn gate(State(sandbox): State<Arc<Sandbox>>, request: Request, next: Next)
 }
 
 enum Admission {
-    Admitted(Option<faults::ConcurrencyPermit>),
+    /// To the handler; with a delay for the answer when a timeout was injected.
+    Admitted(Option<faults::ConcurrencyPermit>, Option<Duration>),
     Refused(Response),
     Reset,
 }
@@ -737,21 +743,22 @@ fn admit(sandbox: &Sandbox, api: Api, headers: &HeaderMap) -> Admission {
         let mut rng = sandbox.rng();
         sandbox.faults.decide(api, &mut rng)
     };
-    match decision {
+    let hang = match decision {
         Some(faults::Injected::Reset) => return Admission::Reset,
         Some(faults::Injected::Error {
             status,
             retry_after_seconds,
         }) => return Admission::Refused(injected_error(api, status, retry_after_seconds)),
-        None => {}
-    }
+        Some(faults::Injected::Timeout(hang)) => Some(hang),
+        None => None,
+    };
     if api.needs_token()
         && let Err(refusal) = sandbox.auth.check(sandbox, api, headers)
     {
         return Admission::Refused(refusal);
     }
     match sandbox.faults.take_quota(api, sandbox.now()) {
-        Ok(permit) => Admission::Admitted(permit),
+        Ok(permit) => Admission::Admitted(permit, hang),
         Err(response) => Admission::Refused(response),
     }
 }

@@ -544,10 +544,16 @@ const STEPS: &[Step] = &[
         sqlite: include_str!("migrations/sqlite/0005_pipelines.sql"),
         postgres: include_str!("migrations/postgres/0005_pipelines.sql"),
     },
+    Step {
+        version: 6,
+        description: "link engagement",
+        sqlite: include_str!("migrations/sqlite/0006_link_engagement.sql"),
+        postgres: include_str!("migrations/postgres/0006_link_engagement.sql"),
+    },
 ];
 
 /// The newest schema version this build knows (what [`Store::open`] migrates to).
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The pipeline of a store opened without [`Store::pipeline`] (and of every row written before
 /// schema 5).
@@ -1020,15 +1026,23 @@ impl Store {
     /// one CRM record never stands for two referrals.
     pub async fn save_link(&self, link: &Link) -> Result<(), StoreError> {
         let text = sql(format!(
-            "INSERT INTO links ({LINK_COLUMNS}, pipeline) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+            "INSERT INTO links ({LINK_COLUMNS}, pipeline, engagement_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
              ON CONFLICT (pipeline, referral_id) DO UPDATE SET entity = excluded.entity, \
              crm_id = excluded.crm_id, state = excluded.state, pc_hash = excluded.pc_hash, \
              crm_hash = excluded.crm_hash, pc_etag = excluded.pc_etag, \
              crm_version = excluded.crm_version, pc_synced_at = excluded.pc_synced_at, \
              crm_synced_at = excluded.crm_synced_at, updated_at = excluded.updated_at, \
-             snapshot = excluded.snapshot"
+             snapshot = excluded.snapshot, engagement_id = excluded.engagement_id"
         ));
+        // The engagement of the referral as last read or written (see
+        // `Store::linked_on_engagement`).
+        let engagement = link
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.pointer("/referral/engagementId"))
+            .and_then(serde_json::Value::as_str)
+            .filter(|e| !e.is_empty());
         let result = with_pool!(self, |pool| {
             sqlx::query(text)
                 .bind(&link.referral_id)
@@ -1044,6 +1058,7 @@ impl Store {
                 .bind(now_ms())
                 .bind(link.snapshot.as_ref().map(json_text))
                 .bind(&*self.pipeline)
+                .bind(engagement)
                 .execute(pool)
                 .await
                 .map(|_| ())
@@ -1065,6 +1080,67 @@ impl Store {
             }
             Err(e) => Err(db("saving a link")(e)),
         }
+    }
+
+    /// A link to a CRM record of another referral than `except` on engagement `engagement`:
+    /// when a referral nobody linked yet has one, it is the other party's side of a
+    /// co-sell we already sync (Microsoft's related referral), not a new referral.
+    pub async fn linked_on_engagement(
+        &self,
+        engagement: &str,
+        except: &str,
+    ) -> Result<Option<Link>, StoreError> {
+        let text = sql(format!(
+            "SELECT {LINK_COLUMNS} FROM links WHERE pipeline = $3 AND engagement_id = $1 \
+             AND referral_id <> $2 AND crm_id IS NOT NULL ORDER BY referral_id LIMIT 1"
+        ));
+        with_pool!(self, |pool| {
+            let row = sqlx::query(text)
+                .bind(engagement)
+                .bind(except)
+                .bind(&*self.pipeline)
+                .fetch_optional(pool)
+                .await
+                .map_err(db("reading links"))?;
+            row.as_ref()
+                .map(link_from_row)
+                .transpose()
+                .map_err(db("reading links"))
+        })
+    }
+
+    /// Up to `limit` links of co-sells we shared (our outgoing `Shared` referral, linked,
+    /// not closed) that have not heard from Microsoft's side yet (no related referral
+    /// synced), in referral id order after `after`: what the reconcile checks for a missed
+    /// `related-referral-*` webhook, since Partner Center lists another organization's
+    /// referral only when asked by engagement. A scan of the snapshot text; the reconcile
+    /// runs every few minutes.
+    pub async fn links_awaiting_related(
+        &self,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<Link>, StoreError> {
+        let text = sql(format!(
+            "SELECT {LINK_COLUMNS} FROM links WHERE pipeline = $3 AND referral_id > $1 \
+             AND engagement_id IS NOT NULL AND crm_id IS NOT NULL AND state <> 'closed' \
+             AND snapshot LIKE '%\"direction\":\"Outgoing\"%' \
+             AND snapshot LIKE '%\"type\":\"Shared\"%' \
+             AND snapshot NOT LIKE '%\"related_projection\"%' \
+             ORDER BY referral_id LIMIT $2"
+        ));
+        with_pool!(self, |pool| {
+            let rows = sqlx::query(text)
+                .bind(after)
+                .bind(i64::from(limit))
+                .bind(&*self.pipeline)
+                .fetch_all(pool)
+                .await
+                .map_err(db("reading links"))?;
+            rows.iter()
+                .map(link_from_row)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db("reading links"))
+        })
     }
 
     /// Links whose snapshot mentions `needle` (a CRM child record's id): how a deletion

@@ -1,6 +1,6 @@
-//! What the backfill tests (`engine_crash`, `scale_out`) share: generated incoming referrals,
-//! the CRM's names for what they read back, and readers for the sandbox's records and call
-//! counters. Included with `#[path = "common/backfill.rs"] mod backfill;`.
+//! What the backfill tests (the reliability suite, `scale_out`) share: generated incoming
+//! referrals, the CRM's names for what they read back, and readers for the sandbox's records
+//! and call counters. Included with `#[path = "common/backfill.rs"] mod backfill;`.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -89,6 +89,12 @@ pub struct Names {
     pub accounts: (&'static str, &'static str, &'static str, &'static str),
     /// Contacts: (entity, id column, e-mail column) — the lookup's match.
     pub contacts: (&'static str, &'static str, &'static str),
+    /// The opportunity's deal value column (a seller's edit goes to Partner Center).
+    pub deal_value: &'static str,
+    /// The opportunity's description column (Partner Center's notes land there).
+    pub notes: &'static str,
+    /// The opportunity's Microsoft CRM ID column (from Microsoft's related referral).
+    pub msx_id: &'static str,
 }
 
 pub fn names(crm: CrmKind) -> Names {
@@ -105,6 +111,9 @@ pub fn names(crm: CrmKind) -> Names {
             ),
             accounts: ("accounts", "accountid", "name", "address1_postalcode"),
             contacts: ("contacts", "contactid", "emailaddress1"),
+            deal_value: "estimatedvalue",
+            notes: "description",
+            msx_id: "cosell_microsoftcrmid",
         },
         CrmKind::Salesforce => Names {
             mapping: "mappings/salesforce.yaml",
@@ -118,6 +127,9 @@ pub fn names(crm: CrmKind) -> Names {
             ),
             accounts: ("Account", "Id", "Name", "BillingPostalCode"),
             contacts: ("Contact", "Id", "Email"),
+            deal_value: "Amount",
+            notes: "Description",
+            msx_id: "Microsoft_CRM_Id__c",
         },
     }
 }

@@ -19,10 +19,12 @@ use std::panic::AssertUnwindSafe;
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-#[allow(dead_code)]
+#[path = "../common/backfill.rs"]
+mod backfill;
 #[path = "../common/mod.rs"]
 mod common;
 mod report;
+mod scenario;
 
 mod configs;
 mod crashes;
@@ -37,7 +39,9 @@ use report::{Ctx, Figures, Outcome};
 
 /// Every section, in the order they run: cheap input checks first, so a broken build
 /// fails fast, then the long-running sync scenarios.
-const SECTIONS: &[(&str, fn(&Ctx) -> Figures)] = &[
+type Section = (&'static str, fn(&Ctx) -> Figures);
+
+const SECTIONS: &[Section] = &[
     ("configs", configs::run),
     ("webhooks", webhooks::run),
     ("referrals", referrals::run),
@@ -77,6 +81,15 @@ fn main() -> ExitCode {
                 .map_or(1, |d| d.as_nanos() as u64)
         });
     let ctx = Ctx { long, seed };
+    // A failed guarantee is reported once, with its message, in the section's result
+    // line; the default hook's backtrace of the test code would only bury it.
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("   panicked at {location}");
+    }));
     println!(
         "reliability suite: {} variant, COSELL_RELIABILITY_SEED={seed}",
         if long { "long" } else { "CI" }

@@ -99,6 +99,8 @@ pub struct PartnerCenterSettings {
     pub allow_insecure_http: bool,
     /// Extra CA certificates (PEM) to trust, e.g. the sandbox CA.
     pub trusted_certificates: Vec<String>,
+    /// Whole-request timeout of every API call ([`super::http::DEFAULT_REQUEST_TIMEOUT`]).
+    pub request_timeout: std::time::Duration,
 }
 
 impl PartnerCenterSettings {
@@ -115,6 +117,7 @@ impl PartnerCenterSettings {
             budget: Budget::default(),
             allow_insecure_http: false,
             trusted_certificates: Vec::new(),
+            request_timeout: super::http::DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -170,11 +173,13 @@ impl PartnerCenterClient {
         referrals.allow_insecure_http = insecure;
         referrals.budget = settings.budget.clone();
         referrals.extra_root_certificates = settings.trusted_certificates.clone();
+        referrals.request_timeout = settings.request_timeout;
         let mut webhooks =
             UpstreamOptions::new("partner_center_webhooks", &settings.webhook_base_url);
         webhooks.allow_insecure_http = insecure;
         webhooks.budget = webhook_budget();
         webhooks.extra_root_certificates = settings.trusted_certificates.clone();
+        webhooks.request_timeout = settings.request_timeout;
 
         let token = |api: &'static str, scope: &str, user: bool, options: &UpstreamOptions| {
             let http = http_client(options)?;
@@ -257,6 +262,7 @@ impl PartnerCenterClient {
             budget: connection.budget.clone(),
             allow_insecure_http: connection.allow_insecure_http,
             trusted_certificates: trusted.to_vec(),
+            request_timeout: super::http::request_timeout(connection.timeout_seconds),
         };
         PartnerCenterClient::new(settings)
     }

@@ -97,6 +97,8 @@ pub struct SalesforceSettings {
     pub allow_insecure_http: bool,
     /// Extra CA certificates (PEM) to trust.
     pub trusted_certificates: Vec<String>,
+    /// Whole-request timeout of every API call ([`super::http::DEFAULT_REQUEST_TIMEOUT`]).
+    pub request_timeout: std::time::Duration,
 }
 
 impl SalesforceSettings {
@@ -109,6 +111,7 @@ impl SalesforceSettings {
             budget: Budget::default(),
             allow_insecure_http: false,
             trusted_certificates: Vec::new(),
+            request_timeout: super::http::DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -283,6 +286,7 @@ impl SalesforceClient {
         options.allow_insecure_http = settings.allow_insecure_http;
         options.budget = settings.budget;
         options.extra_root_certificates = settings.trusted_certificates;
+        options.request_timeout = settings.request_timeout;
         options.base_from_token = true;
         let http = http_client(&options)?;
         let login = options.base_url.clone();
@@ -384,6 +388,7 @@ impl SalesforceClient {
         settings.budget = connection.budget.clone();
         settings.allow_insecure_http = connection.allow_insecure_http;
         settings.trusted_certificates = trusted.to_vec();
+        settings.request_timeout = super::http::request_timeout(connection.timeout_seconds);
         SalesforceClient::new(settings)
     }
 
