@@ -2,14 +2,14 @@
 //! events to it, and hand-crafted requests probe every verification step (§3.4).
 
 mod common;
+#[path = "common/signing.rs"]
+mod signing;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_lc_rs::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use axum::body::Bytes;
 use base64::Engine as _;
 use cosell::connectors::partner_center::WebhookEvent;
@@ -18,12 +18,9 @@ use cosell::sandbox::{self, SandboxHandle, SandboxOptions};
 use cosell::server::verify::{WebhookTrust, WebhookVerifier, parse_certificates};
 use cosell::server::{EventSink, ServerHandle, ServerOptions, SinkError};
 use futures_util::future::BoxFuture;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_RSA_SHA256, RsaKeySize,
-};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use signing::{CertServer, TestSigner};
 
 const WEBHOOK_SCOPE: &str = "https://api.partnercenter.microsoft.com/.default";
 const PATH: &str = "/webhooks/partner-center";
@@ -70,118 +67,6 @@ impl EventSink for RecordingSink {
             self.events.lock().expect("lock").push((event, raw));
             Ok(())
         })
-    }
-}
-
-/// Serves certificate files at `/cert/{name}` from a map the test fills.
-#[derive(Clone, Default)]
-struct CertServer {
-    addr: Option<SocketAddr>,
-    files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
-    downloads: Arc<AtomicU32>,
-}
-
-impl CertServer {
-    async fn start() -> CertServer {
-        let files: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
-        let served = Arc::clone(&files);
-        let downloads: Arc<AtomicU32> = Arc::default();
-        let counted = Arc::clone(&downloads);
-        let app = axum::Router::new().route(
-            "/cert/{name}",
-            axum::routing::get(
-                move |axum::extract::Path(name): axum::extract::Path<String>| {
-                    let served = Arc::clone(&served);
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    async move {
-                        match served.lock().expect("lock").get(&name) {
-                            Some(bytes) => (axum::http::StatusCode::OK, bytes.clone()),
-                            None => (axum::http::StatusCode::NOT_FOUND, Vec::new()),
-                        }
-                    }
-                },
-            ),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        CertServer {
-            addr: Some(addr),
-            files,
-            downloads,
-        }
-    }
-
-    fn host(&self) -> String {
-        self.addr.map(|a| a.to_string()).unwrap_or_default()
-    }
-
-    fn put(&self, name: &str, bytes: Vec<u8>) -> String {
-        self.files
-            .lock()
-            .expect("lock")
-            .insert(name.to_owned(), bytes);
-        format!("http://{}/cert/{name}", self.host())
-    }
-}
-
-/// A test CA (ECDSA, fast to make) and an RSA-2048 signing certificate it issued.
-struct TestSigner {
-    ca_pem: String,
-    leaf_der: Vec<u8>,
-    leaf_pem: String,
-    key: RsaKeyPair,
-}
-
-impl TestSigner {
-    fn new(ca_organization: Option<&str>) -> TestSigner {
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca_params = CertificateParams::default();
-        let mut name = DistinguishedName::new();
-        if let Some(organization) = ca_organization {
-            name.push(DnType::OrganizationName, organization);
-        }
-        name.push(DnType::CommonName, "test webhook CA");
-        ca_params.distinguished_name = name;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = ca_params.self_signed(&ca_key).expect("CA");
-        let issuer = Issuer::new(ca_params, &ca_key);
-
-        let key = KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, RsaKeySize::_2048).expect("RSA key");
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "pcnotifications-dispatch.microsoft.com");
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let leaf = params.signed_by(&key, &issuer).expect("leaf");
-        TestSigner {
-            ca_pem: ca.pem(),
-            leaf_der: leaf.der().to_vec(),
-            leaf_pem: leaf.pem(),
-            key: RsaKeyPair::from_pkcs8(&key.serialize_der()).expect("RSA pkcs8"),
-        }
-    }
-
-    fn sign(&self, body: &[u8]) -> String {
-        let mut signature = vec![0u8; self.key.public_modulus_len()];
-        self.key
-            .sign(
-                &RSA_PKCS1_SHA256,
-                &aws_lc_rs::rand::SystemRandom::new(),
-                body,
-                &mut signature,
-            )
-            .expect("sign");
-        base64::engine::general_purpose::STANDARD.encode(signature)
     }
 }
 
@@ -659,13 +544,7 @@ async fn certificates_must_chain_to_a_trusted_microsoft_issuer() {
     let not_microsoft = TestSigner::new(Some("Contoso Ltd"));
     let fx = Fixture::start(&[&trusted.ca_pem, &not_microsoft.ca_pem], &[certs.host()]).await;
 
-    let headers = |signer: &TestSigner, url: &str, body: &[u8]| {
-        vec![
-            ("Authorization", format!("Signature {}", signer.sign(body))),
-            ("X-MS-Certificate-Url", url.to_owned()),
-            ("X-MS-Signature-Algorithm", "rsa-sha256".to_owned()),
-        ]
-    };
+    let headers = |signer: &TestSigner, url: &str, body: &[u8]| signer.headers(url, body);
     let body = event_body("own-ca-1");
 
     // A trusted test CA with the Microsoft organization: accepted, from DER or PEM.
@@ -817,15 +696,6 @@ async fn health_readiness_and_metrics() {
     fx.stop().await;
 }
 
-/// Signed with `signer`, certificate at `url`.
-fn signed_by(signer: &TestSigner, url: &str, body: &[u8]) -> Vec<(&'static str, String)> {
-    vec![
-        ("Authorization", format!("Signature {}", signer.sign(body))),
-        ("X-MS-Certificate-Url", url.to_owned()),
-        ("X-MS-Signature-Algorithm", "rsa-sha256".to_owned()),
-    ]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_are_cached_failures_are_not_and_rotation_is_picked_up() {
     let certs = CertServer::start().await;
@@ -838,11 +708,11 @@ async fn certificates_are_cached_failures_are_not_and_rotation_is_picked_up() {
     let fx = Fixture::start(&anchors, &[certs.host()]).await;
     let url = format!("http://{}/cert/signing.cer", certs.host());
     // Not there yet: 503, and the failure is not cached.
-    let (status, _) = fx.post(&signed_by(&first, &url, &body), &body).await;
+    let (status, _) = fx.post(&first.headers(&url, &body), &body).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     certs.put("signing.cer", first.leaf_der.clone());
     for _ in 0..3 {
-        let (status, _) = fx.post(&signed_by(&first, &url, &body), &body).await;
+        let (status, _) = fx.post(&first.headers(&url, &body), &body).await;
         assert_eq!(status, StatusCode::OK);
     }
     assert_eq!(
@@ -851,7 +721,7 @@ async fn certificates_are_cached_failures_are_not_and_rotation_is_picked_up() {
         "one 404, then one download"
     );
     certs.put("signing.cer", renewed.leaf_der.clone());
-    let (status, _) = fx.post(&signed_by(&renewed, &url, &body), &body).await;
+    let (status, _) = fx.post(&renewed.headers(&url, &body), &body).await;
     assert_eq!(
         status,
         StatusCode::UNAUTHORIZED,
@@ -868,14 +738,14 @@ async fn certificates_are_cached_failures_are_not_and_rotation_is_picked_up() {
     .await;
     certs.put("signing.cer", first.leaf_der.clone());
     let before = certs.downloads.load(Ordering::SeqCst);
-    let (status, _) = fx.post(&signed_by(&first, &url, &body), &body).await;
+    let (status, _) = fx.post(&first.headers(&url, &body), &body).await;
     assert_eq!(status, StatusCode::OK);
     certs.put("signing.cer", renewed.leaf_der.clone());
-    let (status, _) = fx.post(&signed_by(&renewed, &url, &body), &body).await;
+    let (status, _) = fx.post(&renewed.headers(&url, &body), &body).await;
     assert_eq!(status, StatusCode::OK, "rotation picked up");
     assert_eq!(certs.downloads.load(Ordering::SeqCst), before + 2);
     // A forged signature refetches at most once and still fails.
-    let (status, _) = fx.post(&signed_by(&first, &url, &body), &b"{}"[..]).await;
+    let (status, _) = fx.post(&first.headers(&url, &body), &b"{}"[..]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(certs.downloads.load(Ordering::SeqCst), before + 3);
     assert_eq!(fx.sink.referral_ids().len(), 2);

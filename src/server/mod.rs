@@ -3,19 +3,25 @@
 //!
 //! | Route | Answer |
 //! |---|---|
-//! | `POST {webhook_path}` | 200 once the event is stored; 400/401/413 refused; 503 retry later |
+//! | `POST {webhook_path}` | 200 once the event is stored; 400/401/413/415 refused; 503 retry later |
 //! | `GET /healthz` | 200 `ok` while the process serves |
 //! | `GET /readyz` | 200 `ready`, or 503 with the readiness check's reason |
 //! | `GET /metrics` | Prometheus text |
 //!
 //! A webhook is handled in this order, and nothing reaches the [`EventSink`] unless every
 //! step passed (design.md §6):
+//! 0. a `Content-Type` other than JSON is refused (415) before the body is read; Partner
+//!    Center sends `application/json` (§3.3). No `Content-Type` at all is tolerated: the
+//!    reference implementation does not look at it and the signature decides;
 //! 1. the body is read whole, at most [`MAX_BODY_BYTES`] (413 beyond, 408 when too slow);
 //! 2. its signature is verified over those exact bytes ([`verify::WebhookVerifier`]; 400,
 //!    401 or 503 per §3.4 of the API reference);
 //! 3. it parses as the documented event (`EventName`, `ResourceUri`, `ResourceName`,
-//!    `ResourceChangeUtcDate` strings; `AuditUri` optional) → else 400; a referral event must
-//!    name a referral id in `ResourceUri`;
+//!    `ResourceChangeUtcDate` strings, the date an ISO 8601 UTC date-time; `AuditUri`
+//!    optional) → else 400; a referral event must name a referral id in `ResourceUri`;
+//!    `ResourceName: referral` with an event name that is not one of the four documented
+//!    [`REFERRAL_EVENTS`], or one of those with another resource, is 400 too (the sink only
+//!    ever sees the documented referral events);
 //! 4. `test-created` validation events are acknowledged (200) right here and never reach the
 //!    sink: they carry no referral, and the validation only asks whether we answer. Events
 //!    of other resources (we do not subscribe to any) are acknowledged and dropped too, so
@@ -57,6 +63,13 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const READINESS_TIMEOUT: Duration = Duration::from_secs(5);
 /// The validation event's name (§3.1).
 pub const TEST_EVENT: &str = "test-created";
+/// The referral events Partner Center documents (§3.1); the only ones that reach the sink.
+pub const REFERRAL_EVENTS: &[&str] = &[
+    "referral-created",
+    "referral-updated",
+    "related-referral-created",
+    "related-referral-updated",
+];
 
 /// Counter of webhook requests by `outcome`: `accepted`, `rejected_signature`,
 /// `rejected_body`, `sink_failed`.
@@ -426,11 +439,94 @@ fn parse_event(body: &[u8]) -> Result<WebhookEvent, String> {
     if event.extra.get("AuditUri").is_some_and(|v| !v.is_null()) {
         return Err("AuditUri is not a string".to_owned());
     }
+    let date = event
+        .resource_change_utc_date
+        .as_deref()
+        .unwrap_or_default();
+    if !is_utc_date_time(date.trim()) {
+        return Err("ResourceChangeUtcDate is not a UTC date-time".to_owned());
+    }
+    let name = event.event_name.as_deref().unwrap_or_default();
+    let referral_resource = event
+        .resource_name
+        .as_deref()
+        .is_some_and(|r| r.eq_ignore_ascii_case("referral"));
+    if REFERRAL_EVENTS.contains(&name) != referral_resource {
+        return Err(format!(
+            "event `{name}` does not go with ResourceName `{}`",
+            event.resource_name.as_deref().unwrap_or_default()
+        ));
+    }
     Ok(event)
+}
+
+/// `2018-02-17T00:05:39.5485487+00:00` or `…Z`: an ISO 8601 date-time with seconds, optional
+/// fraction, and a `Z` or `±hh:mm` offset (the documented `ResourceChangeUtcDate`). The
+/// date is not used for anything but deduplication; this only keeps junk out of the inbox.
+fn is_utc_date_time(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        bytes
+            .get(range)
+            .is_some_and(|b| b.iter().all(u8::is_ascii_digit))
+    };
+    let fixed = digits(0..4)
+        && bytes.get(4) == Some(&b'-')
+        && digits(5..7)
+        && bytes.get(7) == Some(&b'-')
+        && digits(8..10)
+        && matches!(bytes.get(10), Some(b'T' | b't'))
+        && digits(11..13)
+        && bytes.get(13) == Some(&b':')
+        && digits(14..16)
+        && bytes.get(16) == Some(&b':')
+        && digits(17..19);
+    if !fixed {
+        return false;
+    }
+    let mut rest = &bytes[19..];
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let n = fraction.iter().take_while(|b| b.is_ascii_digit()).count();
+        if n == 0 {
+            return false;
+        }
+        rest = &fraction[n..];
+    }
+    match rest {
+        [b'Z' | b'z'] => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit()),
+        _ => false,
+    }
+}
+
+/// Whether a `Content-Type` may carry a webhook: absent, or JSON (`application/json`, any
+/// `+json` type, with parameters).
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return true;
+    };
+    let Ok(text) = value.to_str() else {
+        return false;
+    };
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// `POST {webhook_path}`.
 async fn webhook(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    if !json_content_type(&headers) {
+        return refuse_body(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json.",
+            "the Content-Type is not JSON",
+        );
+    }
     let raw = match read_body(&headers, body).await {
         Ok(raw) => raw,
         Err((status, message, detail)) => return refuse_body(status, message, &detail),
@@ -648,8 +744,64 @@ mod tests {
             br#"{"EventName":7,"ResourceUri":"u","ResourceName":"referral","ResourceChangeUtcDate":"d"}"#,
             br#"{"EventName":"","ResourceUri":"u","ResourceName":"referral","ResourceChangeUtcDate":"d"}"#,
             br#"{"EventName":"e","ResourceUri":"u","ResourceName":"referral","ResourceChangeUtcDate":"d","AuditUri":5}"#,
+            // Not a date; an undocumented referral event; a referral event of another resource.
+            br#"{"EventName":"referral-created","ResourceUri":"u/r","ResourceName":"referral","ResourceChangeUtcDate":"yesterday"}"#,
+            br#"{"EventName":"referral-deleted","ResourceUri":"u/r","ResourceName":"referral","ResourceChangeUtcDate":"2018-02-17T00:05:39Z"}"#,
+            br#"{"EventName":"referral-created","ResourceUri":"u/r","ResourceName":"subscription","ResourceChangeUtcDate":"2018-02-17T00:05:39Z"}"#,
         ] {
             assert!(parse_event(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        let test = br#"{"EventName":"test-created","ResourceUri":"http://x/v1/webhooks/registration/test","ResourceName":"test","AuditUri":null,"ResourceChangeUtcDate":"2017-11-16T16:19:06.3520276+00:00"}"#;
+        assert!(parse_event(test).is_ok());
+    }
+
+    #[test]
+    fn change_dates_are_iso_date_times() {
+        for good in [
+            "2018-02-17T00:05:39.5485487+00:00",
+            "2019-02-23T02:05:23.2931817Z",
+            "2020-12-01T00:00:00Z",
+            "2020-12-01T00:00:00-05:00",
+        ] {
+            assert!(is_utc_date_time(good), "{good}");
+        }
+        for bad in [
+            "",
+            "d",
+            "2020-12-01",
+            "2020-12-01T00:00:00",
+            "2020-12-01T00:00:00.Z",
+            "2020-12-01T00:00:00+0000",
+            "2020-12-01T00:00:00Zjunk",
+            "２020-12-01T00:00:00Z",
+        ] {
+            assert!(!is_utc_date_time(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_json_content_types_are_taken() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, value.parse().expect("value"));
+            json_content_type(&headers)
+        };
+        assert!(json_content_type(&HeaderMap::new()));
+        for good in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/cloudevents+json",
+        ] {
+            assert!(with(good), "{good}");
+        }
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "text/json+xml",
+            "application/jsonp",
+        ] {
+            assert!(!with(bad), "{bad}");
         }
     }
 }

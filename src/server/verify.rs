@@ -729,6 +729,13 @@ fn check_certificate_url(
     if !hosts.iter().any(|allowed| allowed.matches(&url)) {
         return Err(format!("`{shown}`: host not in allowed_certificate_hosts"));
     }
+    // An escaped `/`, `\\` or `.` (`%2f`, `%5c`, `%2e`) survives URL normalization, so
+    // `{prefix}..%2f..%2fother` passes a prefix check while a certificate host that decodes
+    // escapes before routing serves a file outside the prefix. Certificate file names need
+    // no escapes (Microsoft's is `/cert/pcnotifications-dispatch.microsoft.com.cer`).
+    if url.path().contains('%') {
+        return Err(format!("`{shown}`: percent-escapes in the path"));
+    }
     if let Some(prefix) = path_prefix
         && !url.path().starts_with(prefix)
     {
@@ -981,6 +988,19 @@ mod tests {
         assert!(check(&format!("https://{MS}/other/x.cer")).is_err());
         assert!(check(&format!("https://{MS}/cert/../other/x.cer")).is_err());
         assert!(check(&format!("https://{MS}/cert/%2e%2e/other/x.cer")).is_err());
+        // Escapes normalization keeps, which a decoding certificate host would resolve
+        // outside the prefix.
+        for escaped in [
+            "..%2fother%2fx.cer",
+            "..%5cother.cer",
+            "%2e%2e%2fx.cer",
+            "x%2ecer",
+        ] {
+            assert!(
+                check(&format!("https://{MS}/cert/{escaped}")).is_err(),
+                "{escaped}"
+            );
+        }
     }
 
     #[test]
