@@ -563,6 +563,19 @@ impl Upstream {
                         continue;
                     }
                 }
+                // Salesforce's concurrent-request limit (`ConcurrentPerOrgLongTxn Limit
+                // exceeded`) clears as soon as running requests finish: a throttle to back
+                // off from, like a 429 without Retry-After. Any other REQUEST_LIMIT_EXCEEDED
+                // is the org's daily allocation: defer the work.
+                403 if code.as_deref() == Some("REQUEST_LIMIT_EXCEEDED")
+                    && message.contains("Concurrent")
+                    && attempt < policy.max_attempts =>
+                {
+                    lock(&self.inner.stats).retries += 1;
+                    tracing::info!(api, operation, attempt, "concurrent-request limit; retrying");
+                    tokio::time::sleep(policy.delay(attempt, None, jitter())).await;
+                    continue;
+                }
                 403 if code.as_deref() == Some("REQUEST_LIMIT_EXCEEDED") => {
                     return Err(ConnectorError::BudgetExhausted {
                         api,

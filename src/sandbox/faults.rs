@@ -55,7 +55,7 @@ pub struct ApiFaults {
     /// Fraction (0–1) of calls failed with `status`.
     pub error_rate: f64,
     /// Status of injected failures: 429, 500 or 503 (Salesforce answers 429 as its 403
-    /// `REQUEST_LIMIT_EXCEEDED`).
+    /// `REQUEST_LIMIT_EXCEEDED` of the concurrent-request limit).
     pub status: u16,
     /// `Retry-After` seconds sent with injected 429 and 503 (not by Salesforce).
     pub retry_after_seconds: u64,

@@ -771,10 +771,13 @@ fn injected_error(api: Api, status: StatusCode, retry_after_seconds: u64) -> Res
             "0x80072322",
             "Number of requests exceeded the limit of 6000 over time window of 300 seconds.",
         ),
+        // Salesforce sends no 429: its transient throttle is the concurrent-request limit,
+        // a 403 REQUEST_LIMIT_EXCEEDED naming `ConcurrentPerOrgLongTxn` (the daily
+        // allocation, `TotalRequests`, is the quota's business: `quota.salesforce_*`).
         (Api::Salesforce, 429 | 403) => api.error(
             StatusCode::FORBIDDEN,
             "REQUEST_LIMIT_EXCEEDED",
-            "TotalRequests Limit exceeded.",
+            "ConcurrentPerOrgLongTxn Limit exceeded.",
         ),
         (Api::Salesforce, 503) => api.error(
             status,
