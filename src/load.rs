@@ -201,10 +201,7 @@ fn check_url(parts: &[secrets::Part<'_>]) -> Option<Diagnostic> {
         }
     }
     // Only references: whatever they resolve to is checked when the engine connects.
-    if parts
-        .iter()
-        .all(|p| !matches!(p, secrets::Part::Text(_)))
-    {
+    if parts.iter().all(|p| !matches!(p, secrets::Part::Text(_))) {
         return None;
     }
     let ok = reqwest::Url::parse(&text)

@@ -377,29 +377,30 @@ fn translate_alternatives(
     // with the fewest errors named only the first word ("expected \"trim\"" for `numbr`);
     // name them all, and the closest one.
     let mut words: Vec<String> = Vec::new();
-    let only_constants = !candidates.is_empty()
-        && candidates.iter().all(|errs| {
-            errs.iter().all(|e| {
-                e.instance_path().as_str() == pointer
-                    && match e.kind() {
-                        ValidationErrorKind::Constant { expected_value } => {
-                            words.push(
-                                expected_value
-                                    .as_str()
-                                    .map_or_else(|| expected_value.to_string(), str::to_string),
-                            );
-                            true
+    let only_constants =
+        !candidates.is_empty()
+            && candidates.iter().all(|errs| {
+                errs.iter().all(|e| {
+                    e.instance_path().as_str() == pointer
+                        && match e.kind() {
+                            ValidationErrorKind::Constant { expected_value } => {
+                                words.push(
+                                    expected_value
+                                        .as_str()
+                                        .map_or_else(|| expected_value.to_string(), str::to_string),
+                                );
+                                true
+                            }
+                            ValidationErrorKind::Enum { options } => {
+                                words.extend(options.as_array().into_iter().flatten().map(|v| {
+                                    v.as_str().map_or_else(|| v.to_string(), str::to_string)
+                                }));
+                                true
+                            }
+                            _ => false,
                         }
-                        ValidationErrorKind::Enum { options } => {
-                            words.extend(options.as_array().into_iter().flatten().map(|v| {
-                                v.as_str().map_or_else(|| v.to_string(), str::to_string)
-                            }));
-                            true
-                        }
-                        _ => false,
-                    }
-            })
-        });
+                })
+            });
     if only_constants && !words.is_empty() {
         words.dedup();
         let got = instance
