@@ -197,7 +197,7 @@ fn check_url(parts: &[secrets::Part<'_>]) -> Option<Diagnostic> {
     for part in parts {
         match part {
             secrets::Part::Text(t) => text.push_str(t),
-            secrets::Part::Env { .. } | secrets::Part::File(_) => text.push_str("x"),
+            secrets::Part::Env { .. } | secrets::Part::File(_) => text.push('x'),
         }
     }
     // Only references: whatever they resolve to is checked when the engine connects.

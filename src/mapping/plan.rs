@@ -1158,8 +1158,10 @@ impl Plan {
             ));
             return None;
         }
+        // `required:` also refuses text that is only whitespace: a referral named "   " is as
+        // nameless as one named "", and would become a CRM record nobody can find.
         if let Some(message) = &field.required
-            && is_blank(&value)
+            && (is_blank(&value) || value.as_str().is_some_and(|s| s.trim().is_empty()))
         {
             violations.push(Violation::field(&field.target, message.clone()));
             return None;
