@@ -164,18 +164,52 @@ fn check_connections(doc: &Value, spans: &SpanIndex) -> Vec<Diagnostic> {
                     ));
                 }
             }
-            Some(Value::String(s)) => {
-                if let Err(e) = secrets::parse(s) {
-                    out.push(
-                        Diagnostic::error("bad-reference", e.to_string())
-                            .at(spans.value_span(&ptr)),
-                    );
+            Some(Value::String(s)) => match secrets::parse(s) {
+                Err(e) => out.push(
+                    Diagnostic::error("bad-reference", e.to_string()).at(spans.value_span(&ptr)),
+                ),
+                Ok(parts) if is_url_key(&ptr) => {
+                    if let Some(d) = check_url(&parts) {
+                        out.push(d.at(spans.value_span(&ptr)));
+                    }
                 }
-            }
+                Ok(_) => {}
+            },
             _ => {}
         }
     }
     out
+}
+
+/// Connection keys that hold a URL (`base_url`, `webhook_base_url`, `authority`,
+/// `public_url`).
+fn is_url_key(pointer: &str) -> bool {
+    let key = pointer.rsplit('/').next().unwrap_or_default();
+    key.ends_with("_url") || key == "authority"
+}
+
+/// A URL written in the file (`base_url: crm.contoso.com`, `"not a url"`) used to pass
+/// validation and fail only when the engine first connected. Checked now, with each `${…}`
+/// reference standing in as a plain host label, so `https://${ORG}.crm.dynamics.com` and
+/// `"${DATAVERSE_URL}"` pass.
+fn check_url(parts: &[secrets::Part<'_>]) -> Option<Diagnostic> {
+    let mut text = String::new();
+    for part in parts {
+        match part {
+            secrets::Part::Text(t) => text.push_str(t),
+            secrets::Part::Env { .. } | secrets::Part::File(_) => text.push('x'),
+        }
+    }
+    // Only references: whatever they resolve to is checked when the engine connects.
+    if parts.iter().all(|p| !matches!(p, secrets::Part::Text(_))) {
+        return None;
+    }
+    let ok = reqwest::Url::parse(&text)
+        .is_ok_and(|u| matches!(u.scheme(), "https" | "http") && u.host_str().is_some());
+    (!ok).then(|| {
+        Diagnostic::error("bad-url", format!("`{text}` is not an http(s) URL"))
+            .with_hint("write the whole URL, e.g. `https://contoso.crm.dynamics.com`, or a reference such as `${DATAVERSE_URL}`")
+    })
 }
 
 fn path_to_pointer(path: &serde_path_to_error::Path) -> String {

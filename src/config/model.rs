@@ -296,23 +296,31 @@ impl std::fmt::Debug for SecretRef {
 
 /// Call budget for one upstream. Every call waits for the shared rate limiter; running out slows
 /// the engine down, it never drops work.
+///
+/// Every limit is at least 1: a zero budget would stall the engine without a word (the limiter
+/// used to read 0 as 1 a day), so the loader refuses it at its line.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Budget {
     /// Requests allowed per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub per_second: Option<u32>,
     /// Requests allowed per minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub per_minute: Option<u32>,
     /// Requests allowed per 5 minutes (Dataverse service protection: 6000 per user).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub per_5_minutes: Option<u32>,
     /// Requests allowed per day (the paid connector's 10 000 a day).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub per_day: Option<u32>,
     /// Requests in flight at once (Dataverse allows 52 per user).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub concurrent: Option<u32>,
 }
 

@@ -306,8 +306,10 @@ fn translate(
         ValidationErrorKind::Minimum { limit } | ValidationErrorKind::Maximum { limit } => {
             let hint = if pointer == "/version" {
                 "this cosell understands `version: 1`".to_string()
+            } else if matches!(error.kind(), ValidationErrorKind::Minimum { .. }) {
+                format!("the smallest allowed value is {limit}")
             } else {
-                format!("the limit is {limit}")
+                format!("the largest allowed value is {limit}")
             };
             out.push(
                 Diagnostic::error(
@@ -370,6 +372,70 @@ fn translate_alternatives(
         .iter()
         .filter(|errs| !type_mismatch_here(errs))
         .collect();
+    // Enums whose variants are documented one by one (`on:`, `target:`, `fallback:`, the
+    // word transforms such as `trim`) are one `const` branch per word. Reporting the branch
+    // with the fewest errors named only the first word ("expected \"trim\"" for `numbr`);
+    // name them all, and the closest one.
+    let mut words: Vec<String> = Vec::new();
+    let only_constants =
+        !candidates.is_empty()
+            && candidates.iter().all(|errs| {
+                errs.iter().all(|e| {
+                    e.instance_path().as_str() == pointer
+                        && match e.kind() {
+                            ValidationErrorKind::Constant { expected_value } => {
+                                words.push(
+                                    expected_value
+                                        .as_str()
+                                        .map_or_else(|| expected_value.to_string(), str::to_string),
+                                );
+                                true
+                            }
+                            ValidationErrorKind::Enum { options } => {
+                                words.extend(options.as_array().into_iter().flatten().map(|v| {
+                                    v.as_str().map_or_else(|| v.to_string(), str::to_string)
+                                }));
+                                true
+                            }
+                            _ => false,
+                        }
+                })
+            });
+    if only_constants && !words.is_empty() {
+        words.dedup();
+        let got = instance
+            .as_str()
+            .map_or_else(|| instance.to_string(), str::to_string);
+        let d = Diagnostic::error(
+            "not-allowed",
+            format!("{} is not allowed in {place}", short(instance)),
+        )
+        .at(at);
+        out.push(match did_you_mean(&got, words.iter().map(String::as_str)) {
+            Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+            None => d.with_hint(format!("use one of: {}", words.join(", "))),
+        });
+        return;
+    }
+    // A tagged variant whose tag is right but whose value is wrong (`truncate: -1`): its own
+    // errors, not "unknown key `truncate`" from the branches that wanted another key.
+    if let Some(key) = instance.as_object().and_then(|m| m.keys().next()) {
+        let key_ptr = format!("{pointer}/{}", escape_pointer_segment(key));
+        let matched = candidates.iter().find(|errs| {
+            errs.iter().all(|e| {
+                !matches!(e.kind(), ValidationErrorKind::Required { .. })
+                    && !matches!(e.kind(), ValidationErrorKind::AdditionalProperties { .. })
+            }) && errs
+                .iter()
+                .any(|e| e.instance_path().as_str().starts_with(&key_ptr))
+        });
+        if let Some(errs) = matched {
+            for e in errs.iter() {
+                translate(e, document, schema, spans, out);
+            }
+            return;
+        }
+    }
     // Externally tagged enums (transforms): several object branches, each requiring one key.
     if instance.is_object() && candidates.len() > 1 {
         let names: Vec<String> = candidates

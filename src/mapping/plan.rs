@@ -1158,8 +1158,10 @@ impl Plan {
             ));
             return None;
         }
+        // `required:` also refuses text that is only whitespace: a referral named "   " is as
+        // nameless as one named "", and would become a CRM record nobody can find.
         if let Some(message) = &field.required
-            && is_blank(&value)
+            && (is_blank(&value) || value.as_str().is_some_and(|s| s.trim().is_empty()))
         {
             violations.push(Violation::field(&field.target, message.clone()));
             return None;
@@ -1496,9 +1498,36 @@ impl Compiler<'_> {
         }
     }
 
+    /// Unknown filters and tests: an error here, not a failure of every record at run time.
+    fn check_filter_and_test_names(&mut self, source: &str, is_template: bool, pointer: &str) {
+        for (kind, name) in self.engine.unknown_names(source, is_template) {
+            let known = if kind == "filter" {
+                super::template::KNOWN_FILTERS
+            } else {
+                super::template::KNOWN_TESTS
+            };
+            let hint = did_you_mean(&name, known.iter().copied())
+                .map(|s| format!("did you mean `{s}`?"))
+                .or_else(|| template_hint(source, &format!("unknown {kind}")));
+            self.errors.push(
+                PlanError::new(
+                    if kind == "filter" {
+                        "unknown-filter"
+                    } else {
+                        "unknown-test"
+                    },
+                    pointer,
+                    format!("unknown {kind} `{name}`"),
+                )
+                .hint(hint),
+            );
+        }
+    }
+
     fn template(&mut self, source: &str, scope: &Scope, pointer: &str) -> Option<Template> {
         match self.engine.template(source) {
             Ok(t) => {
+                self.check_filter_and_test_names(source, true, pointer);
                 self.check_source(
                     Engine::name_of_template(&t),
                     source,
@@ -1525,6 +1554,7 @@ impl Compiler<'_> {
     fn expression(&mut self, source: &str, scope: &Scope, pointer: &str) -> Option<Expression> {
         match self.engine.expression(source) {
             Ok(e) => {
+                self.check_filter_and_test_names(source, false, pointer);
                 self.check_source(
                     Engine::name_of_expression(&e),
                     source,

@@ -345,6 +345,40 @@ impl Engine {
         Ok(Expression { name, fast })
     }
 
+    /// Filters (`| name`) and tests (`is name`) a template or expression uses that this
+    /// environment does not have, as `("filter" | "test", name)`.
+    ///
+    /// minijinja looks filters and tests up only when it evaluates them, so a typo
+    /// (`truncate_char`, `is blnk`) used to compile, pass `cosell validate`, and then fail
+    /// every record at run time — in a `require:` check that turned into a rejection with the
+    /// rule's own message ("Customer name is required"), which hid the typo. Each name found
+    /// in the source is probed against the environment itself, so this list never drifts
+    /// from what is registered.
+    pub fn unknown_names(&self, source: &str, is_template: bool) -> Vec<(&'static str, String)> {
+        let mut out: Vec<(&'static str, String)> = Vec::new();
+        let code: Vec<&str> = if is_template {
+            code_blocks(source)
+        } else {
+            vec![source]
+        };
+        for block in code {
+            for (kind, name) in filter_and_test_names(block) {
+                let probe = match kind {
+                    "filter" => format!("{{% set _probe = x | {name} %}}"),
+                    _ => format!("{{% if x is {name} %}}{{% endif %}}"),
+                };
+                let unknown = match self.env.render_str(&probe, ()) {
+                    Err(e) => matches!(e.kind(), ErrorKind::UnknownFilter | ErrorKind::UnknownTest),
+                    Ok(_) => false,
+                };
+                if unknown && !out.iter().any(|(k, n)| *k == kind && *n == name) {
+                    out.push((kind, name.to_string()));
+                }
+            }
+        }
+        out
+    }
+
     /// Variables a template or expression reads (top-level names only).
     pub fn variables_of(&self, name_of: &str) -> HashSet<String> {
         match self.env.get_template(name_of) {
@@ -636,6 +670,168 @@ fn register_filters(env: &mut Environment<'static>) {
         v.as_str()
             .is_some_and(|s| transforms::datetime::parse(s).is_some())
     });
+}
+
+/// Filter and test names commonly used in mappings: cosell's own and minijinja's usual ones,
+/// the candidates of the "did you mean" hint for an unknown name.
+pub const KNOWN_FILTERS: &[&str] = &[
+    "country_code",
+    "country_name",
+    "country_alpha3",
+    "currency_code",
+    "date",
+    "datetime",
+    "number",
+    "strip_marks",
+    "empty_to_null",
+    "truncate_chars",
+    "default",
+    "d",
+    "length",
+    "lower",
+    "upper",
+    "trim",
+    "join",
+    "first",
+    "last",
+    "replace",
+    "round",
+    "int",
+    "float",
+    "string",
+    "title",
+    "capitalize",
+    "list",
+    "abs",
+    "unique",
+    "sort",
+    "split",
+    "map",
+    "select",
+    "reject",
+    "selectattr",
+    "rejectattr",
+    "min",
+    "max",
+    "sum",
+    "tojson",
+    "items",
+];
+/// See [`KNOWN_FILTERS`].
+pub const KNOWN_TESTS: &[&str] = &[
+    "country_code",
+    "country",
+    "currency_code",
+    "blank",
+    "email",
+    "date",
+    "defined",
+    "undefined",
+    "none",
+    "number",
+    "string",
+    "integer",
+    "float",
+    "true",
+    "false",
+    "boolean",
+    "sequence",
+    "mapping",
+    "iterable",
+    "startingwith",
+    "endingwith",
+    "lower",
+    "upper",
+    "odd",
+    "even",
+    "in",
+];
+
+/// The `{{ … }}` and `{% … %}` parts of a template (the code, not the literal text).
+fn code_blocks(source: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = source;
+    while let Some(start) = rest.find(['{']) {
+        let after = &rest[start..];
+        let close = if after.starts_with("{{") {
+            "}}"
+        } else if after.starts_with("{%") {
+            "%}"
+        } else {
+            rest = &rest[start + 1..];
+            continue;
+        };
+        let body = &after[2..];
+        match body.find(close) {
+            Some(end) => {
+                out.push(&body[..end]);
+                rest = &body[end + 2..];
+            }
+            None => {
+                out.push(body);
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// `(kind, name)` of each `| filter` and `is [not] test` in code, outside string literals.
+fn filter_and_test_names(code: &str) -> Vec<(&'static str, &str)> {
+    let bytes = code.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut quote: Option<u8> = None;
+    // What the previous token asks for the next identifier to be.
+    let mut expect: Option<&'static str> = None;
+    let mut after_is = false;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if let Some(q) = quote {
+            if b == b'\\' {
+                i += 2;
+                continue;
+            }
+            if b == q {
+                quote = None;
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'\'' || b == b'"' {
+            quote = Some(b);
+            expect = None;
+            after_is = false;
+            i += 1;
+        } else if b == b'|' {
+            expect = Some("filter");
+            after_is = false;
+            i += 1;
+        } else if b.is_ascii_alphabetic() || b == b'_' {
+            let start = i;
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                i += 1;
+            }
+            let word = &code[start..i];
+            if after_is && word == "not" {
+                continue;
+            }
+            if let Some(kind) = expect.take() {
+                out.push((kind, word));
+                after_is = false;
+            } else if word == "is" {
+                expect = Some("test");
+                after_is = true;
+            }
+        } else {
+            if !b.is_ascii_whitespace() {
+                expect = None;
+                after_is = false;
+            }
+            i += 1;
+        }
+    }
+    out
 }
 
 /// A deliberately loose e-mail check: one `@`, something on both sides, a dot in the domain.
