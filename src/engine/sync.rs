@@ -1030,7 +1030,8 @@ impl Engine {
                 side(incoming): changes.projection.get(field),
                 side(other): now,
                 "last_synced": before,
-                "owner": format!("{owner:?}").to_lowercase(),
+                // As the mapping spells it (`partner_center`, not `partnercenter`).
+                "owner": owner,
                 "kept": side(if incoming_wins { incoming } else { other }),
             }));
             incoming_wins
@@ -1836,7 +1837,16 @@ impl Engine {
         self.ensure_secondary(flow, record, &created, &mut snapshot)
             .await?;
         self.finish_crm_sync(
-            flow, id, fields, record, &created, link, snapshot, projection, digest,
+            flow,
+            id,
+            fields,
+            record,
+            &created,
+            link,
+            snapshot,
+            projection,
+            digest,
+            Some(&[]),
         )
         .await?;
         Ok(JobOutcome::Written)
@@ -1959,7 +1969,16 @@ impl Engine {
             self.ensure_secondary(flow, record, &known, &mut snapshot)
                 .await?;
             self.finish_crm_sync(
-                flow, id, fields, record, &known, link, snapshot, projection, digest,
+                flow,
+                id,
+                fields,
+                record,
+                &known,
+                link,
+                snapshot,
+                projection,
+                digest,
+                Some(&[]),
             )
             .await?;
             return Ok(JobOutcome::Unchanged);
@@ -2012,7 +2031,7 @@ impl Engine {
             )
             .await?;
             self.finish_crm_sync(
-                flow, id, fields, record, &current, link, snapshot, projection, digest,
+                flow, id, fields, record, &current, link, snapshot, projection, digest, None,
             )
             .await?;
             return Ok(JobOutcome::Skipped);
@@ -2032,6 +2051,12 @@ impl Engine {
                 other_modified: current["updatedDateTime"].as_str(),
             },
         );
+        // Fields Partner Center kept: the CRM still holds the seller's values for them.
+        let pc_kept: Vec<String> = conflicts
+            .iter()
+            .filter(|c| c["kept"] == "partner_center")
+            .filter_map(|c| c["field"].as_str().map(str::to_owned))
+            .collect();
         self.audit_conflicts(&rid, flow, id, conflicts).await?;
         let mut desired = current.clone();
         for path in &changed {
@@ -2125,7 +2150,16 @@ impl Engine {
         self.ensure_secondary(flow, record, &now, &mut snapshot)
             .await?;
         self.finish_crm_sync(
-            flow, id, fields, record, &now, link, snapshot, projection, digest,
+            flow,
+            id,
+            fields,
+            record,
+            &now,
+            link,
+            snapshot,
+            projection,
+            digest,
+            Some(&pc_kept),
         )
         .await?;
         Ok(if ops.is_empty() {
@@ -2137,6 +2171,15 @@ impl Engine {
 
     /// After a CRM → PC sync: the success write-back on the CRM record (referral id and
     /// link, ✔, audit trail) and the link.
+    ///
+    /// `pc_kept`: referral fields a conflict left at Partner Center's value. The CRM still
+    /// holds the seller's (losing) values for them, so the PC → CRM snapshot records those,
+    /// and a PC job is queued to bring Partner Center's values over. `None`: nothing was
+    /// written (a Closed referral); the CRM holds none of the referral's news, so the PC →
+    /// CRM snapshot stays as it was, and a PC job brings the news (the close) over.
+    /// Recording the referral as it is instead made Partner Center's later events look like
+    /// echoes: the CRM kept the value the conflict had ruled out (or never learned of the
+    /// close), for good, while the audit said otherwise.
     #[allow(clippy::too_many_arguments)]
     async fn finish_crm_sync(
         &self,
@@ -2149,6 +2192,7 @@ impl Engine {
         mut snapshot: Snapshot,
         projection: Map<String, Value>,
         digest: String,
+        pc_kept: Option<&[String]>,
     ) -> Result<(), JobError> {
         let marks = self
             .plan
@@ -2164,8 +2208,15 @@ impl Engine {
             .filter_map(|n| self.plan.flow(n))
             .find(|f| f.entity == flow.entity)
             && referral.is_object()
+            && let Some(pc_kept) = pc_kept
         {
-            let pc_projection = self.update_projection(pc_flow, referral);
+            let mut held = referral.clone();
+            for path in pc_kept {
+                if let Some(value) = projection.get(path) {
+                    set_path(&mut held, path, value.clone());
+                }
+            }
+            let pc_projection = self.update_projection(pc_flow, &held);
             link.pc_hash = Some(hash(&Value::Object(pc_projection.clone())));
             snapshot.pc_projection = Some(pc_projection);
         }
@@ -2181,6 +2232,15 @@ impl Engine {
         link.crm_synced_at = Some(SystemTime::now());
         link.snapshot = Some(snapshot.to_value());
         self.save_link(&link).await?;
+        if pc_kept.is_none_or(|kept| !kept.is_empty()) {
+            self.store
+                .enqueue(&crate::store::NewJob::new(
+                    super::inbox::referral_key(&link.referral_id),
+                    PC_EVENT,
+                    json!({ "event": "referral-updated", "referral_id": link.referral_id }),
+                ))
+                .await?;
+        }
         Ok(())
     }
 

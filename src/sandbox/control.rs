@@ -16,6 +16,7 @@
 //! | `POST /_sandbox/clock` | `{"advance_seconds":N}` moves the sandbox clock |
 //! | `POST /_sandbox/tokens/expire` | expire every access token |
 //! | `PUT /_sandbox/tokens/ttl` | `{"seconds":N}` lifetime of new tokens |
+//! | `GET` / `POST` / `DELETE /_sandbox/interleave` | human edits between a read and a write ([`super::interleave`]) |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +48,7 @@ pub fn routes() -> Router<Arc<Sandbox>> {
         .route("/_sandbox/clock", post(clock))
         .route("/_sandbox/tokens/expire", post(expire_tokens))
         .route("/_sandbox/tokens/ttl", put(token_ttl))
+        .merge(super::interleave::routes())
 }
 
 /// A 400 from the control API.
@@ -104,6 +106,7 @@ async fn stats(State(sandbox): State<Arc<Sandbox>>) -> Response {
     let mut body = serde_json::to_value(sandbox.stats.snapshot()).unwrap_or(Value::Null);
     body["webhooks_dropped"] = json!(sandbox.faults.webhooks_dropped());
     body["faults_injected"] = json!(sandbox.faults.injected());
+    body["interleaved_edits"] = json!(sandbox.interleave.applied());
     json_response(StatusCode::OK, &body)
 }
 

@@ -17,7 +17,8 @@
 //!   sandbox's own certificate authority.
 //! - [`dataverse`] — `/api/data/v9.2/`; [`salesforce`]: `/services/data/vNN.N/`. Their tables
 //!   and objects are data: `sandbox/schemas/*.json`.
-//! - [`faults`], [`stats`], [`control`] — fault injection, call counters, `/_sandbox/`.
+//! - [`faults`], [`stats`], [`control`] — fault injection, call counters, `/_sandbox/`;
+//!   [`interleave`]: human edits between a client's read and its write.
 
 // Handlers return axum `Response`s as their error type: that is what they answer with.
 #![allow(clippy::result_large_err)]
@@ -26,6 +27,7 @@ pub mod auth;
 pub mod control;
 pub mod dataverse;
 pub mod faults;
+pub mod interleave;
 pub mod odata;
 pub mod partner_center;
 pub mod pki;
@@ -299,6 +301,8 @@ pub struct Sandbox {
     pub stats: stats::Stats,
     /// Fault injection and quotas.
     pub faults: faults::Faults,
+    /// Human edits armed to land between a client's read and its write.
+    pub interleave: interleave::Interleave,
     /// The sandbox CA, webhook signing certificate and TLS certificate.
     pub pki: Arc<pki::Pki>,
     /// Partner Center referrals.
@@ -410,6 +414,7 @@ impl Sandbox {
         self.salesforce.reset();
         self.stats.reset();
         self.faults.reset();
+        self.interleave.reset();
         self.changed();
     }
 
@@ -529,6 +534,7 @@ pub async fn start(options: SandboxOptions) -> anyhow::Result<SandboxHandle> {
         dirty: AtomicBool::new(false),
         stats: stats::Stats::default(),
         faults: faults::Faults::default(),
+        interleave: interleave::Interleave::default(),
         pki,
         partner_center: partner_center::State::default(),
         webhooks: webhooks::Webhooks::new(),
@@ -614,6 +620,10 @@ fn router(state: Arc<Sandbox>) -> Router {
         .merge(control::routes())
         .route_layer(middleware::from_fn(remember_matched_path))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            interleave::layer,
+        ))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), gate))
         .with_state(state)
 }

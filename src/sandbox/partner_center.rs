@@ -1402,7 +1402,7 @@ struct MicrosoftChange {
 /// - On the partner's own (Outgoing) referral: Microsoft's side of the engagement — a
 ///   referral owned by `msft` with the same `engagementId` — is created on first contact
 ///   (`related-referral-created`) and updated afterwards (`related-referral-updated`).
-async fn microsoft_change(
+pub(crate) async fn microsoft_change(
     AxumState(sandbox): AxumState<Arc<Sandbox>>,
     Path(id): Path<String>,
     body: Bytes,

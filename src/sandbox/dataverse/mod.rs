@@ -482,7 +482,10 @@ impl Prefer {
     }
 }
 
-async fn handle(AxumState(sandbox): AxumState<Arc<Sandbox>>, request: Request) -> Response {
+pub(crate) async fn handle(
+    AxumState(sandbox): AxumState<Arc<Sandbox>>,
+    request: Request,
+) -> Response {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
     let rest = path.strip_prefix("/api/data/").unwrap_or("");

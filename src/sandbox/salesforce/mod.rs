@@ -413,7 +413,7 @@ fn decode_segment(segment: &str) -> String {
         .into_owned()
 }
 
-async fn dispatch(
+pub(crate) async fn dispatch(
     AxumState(sandbox): AxumState<Arc<Sandbox>>,
     method: Method,
     uri: Uri,
