@@ -117,6 +117,7 @@ conformance!(
     poller_runs_are_recorded,
     upgrade_from_schema_4_keeps_rows_in_the_default_pipeline,
     link_upsert_and_lookup,
+    links_by_engagement_and_awaiting_microsoft,
     link_crm_record_is_unique,
     links_counted_by_state,
     cursors,
@@ -170,6 +171,69 @@ async fn claim_one(store: &Store, worker: &str) -> Option<Job> {
 }
 
 // ---- links -----------------------------------------------------------------------------
+
+/// Schema 6: a link knows its referral's engagement (from the snapshot), so Microsoft's
+/// side of a co-sell is recognised, and the co-sells still waiting for Microsoft are listed
+/// in id order for the reconcile's sweep.
+async fn links_by_engagement_and_awaiting_microsoft(fx: &Fixture) {
+    let store = &fx.store;
+    let save = |rid: &str, crm: Option<&str>, engagement: &str, direction: &str, related: bool| {
+        let mut link = Link::new(rid, "opportunity", "synced");
+        link.crm_id = crm.map(str::to_owned);
+        let mut snapshot = serde_json::json!({
+            "referral": {"id": rid, "engagementId": engagement, "direction": direction, "type": "Shared"}
+        });
+        if related {
+            snapshot["related_projection"] = serde_json::json!({"cosell_microsoftcrmid": "7-X"});
+        }
+        link.snapshot = Some(snapshot);
+        link
+    };
+    for link in [
+        save("r-1", Some("crm-1"), "e-1", "Outgoing", false),
+        save("r-2", Some("crm-2"), "e-2", "Outgoing", true),
+        save("r-3", Some("crm-3"), "e-3", "Incoming", false),
+        save("r-4", None, "e-4", "Outgoing", false),
+        save("r-5", Some("crm-5"), "e-5", "Outgoing", false),
+    ] {
+        store.save_link(&link).await.unwrap();
+    }
+    let found = store.linked_on_engagement("e-1", "other").await.unwrap();
+    assert_eq!(found.map(|l| l.referral_id).as_deref(), Some("r-1"));
+    assert_eq!(
+        store.linked_on_engagement("e-1", "r-1").await.unwrap(),
+        None,
+        "itself"
+    );
+    assert_eq!(
+        store.linked_on_engagement("e-4", "x").await.unwrap(),
+        None,
+        "no CRM record"
+    );
+    assert_eq!(store.linked_on_engagement("e-9", "x").await.unwrap(), None);
+
+    let ids = |links: Vec<Link>| links.into_iter().map(|l| l.referral_id).collect::<Vec<_>>();
+    // Outgoing, linked, not heard from Microsoft: r-1 and r-5, in order, paged.
+    assert_eq!(
+        ids(store.links_awaiting_related("", 10).await.unwrap()),
+        ["r-1", "r-5"]
+    );
+    assert_eq!(
+        ids(store.links_awaiting_related("", 1).await.unwrap()),
+        ["r-1"]
+    );
+    assert_eq!(
+        ids(store.links_awaiting_related("r-1", 10).await.unwrap()),
+        ["r-5"]
+    );
+    let mut closed = store.link("r-5").await.unwrap().unwrap();
+    closed.state = "closed".into();
+    store.save_link(&closed).await.unwrap();
+    assert_eq!(
+        ids(store.links_awaiting_related("", 10).await.unwrap()),
+        ["r-1"]
+    );
+}
 
 async fn link_upsert_and_lookup(fx: &Fixture) {
     let store = &fx.store;
@@ -1736,7 +1800,7 @@ async fn sqlite_creates_parent_directories_and_enables_wal() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(version, 5, "every migration applied");
+    assert_eq!(version, 6, "every migration applied");
     assert_eq!(version, SCHEMA_VERSION);
 
     // A database a newer cosell migrated further is refused, not used with an unknown schema.

@@ -572,7 +572,12 @@ impl Upstream {
                     && attempt < policy.max_attempts =>
                 {
                     lock(&self.inner.stats).retries += 1;
-                    tracing::info!(api, operation, attempt, "concurrent-request limit; retrying");
+                    tracing::info!(
+                        api,
+                        operation,
+                        attempt,
+                        "concurrent-request limit; retrying"
+                    );
                     tokio::time::sleep(policy.delay(attempt, None, jitter())).await;
                     continue;
                 }

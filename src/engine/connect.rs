@@ -211,7 +211,7 @@ pub async fn flag_sandbox_opportunities(crm: &Crm, count: usize) -> anyhow::Resu
         }
         Crm::Salesforce(client) => {
             let query = format!(
-                "SELECT Id FROM Opportunity WHERE Referral_Id__c = null AND IsClosed = false AND ContactId != null LIMIT {count}"
+                "SELECT Id FROM Opportunity WHERE Referral_Id__c = null AND Sync_With_Partner_Center__c = false AND IsClosed = false AND ContactId != null LIMIT {count}"
             );
             let rows: Vec<_> = client.query(&query).try_collect().await?;
             for row in rows {

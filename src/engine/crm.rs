@@ -177,9 +177,19 @@ impl Crm {
         since: &str,
     ) -> Result<Changes, ConnectorError> {
         match self {
+            // The row's eTag goes along: `modifiedon` has whole seconds, so two changes in
+            // one second share it, and only the eTag (the row version) tells them apart.
             Crm::Dataverse(client) => Ok(client
                 .changes_since(entity, since, fields)
-                .map(|row| row.map(|row| row.fields))
+                .map(|row| {
+                    row.map(|row| {
+                        let mut fields = row.fields;
+                        if let Some(etag) = row.etag {
+                            fields.insert("@odata.etag".into(), Value::String(etag));
+                        }
+                        fields
+                    })
+                })
                 .boxed()),
             Crm::Salesforce(client) => Ok(client.changed_since(entity, fields, since)?.boxed()),
         }

@@ -372,7 +372,14 @@ impl Runner {
                 if !flagged && !linked {
                     continue;
                 }
-                if self.already_seen(&format!("crm:{}:{id}", polled.entity), version) {
+                // The change stamp alone would merge two changes of one second (Dataverse's
+                // `modifiedon` has whole seconds): a seller's edit right after the engine's
+                // own write-back was taken for that write's echo and never synced.
+                let seen_version = match row.get("@odata.etag").and_then(Value::as_str) {
+                    Some(etag) => format!("{version} {etag}"),
+                    None => version.to_owned(),
+                };
+                if self.already_seen(&format!("crm:{}:{id}", polled.entity), &seen_version) {
                     continue;
                 }
                 enqueued += self.enqueue_crm(&polled.entity, id, referral).await?;

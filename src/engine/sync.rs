@@ -432,12 +432,14 @@ impl Engine {
                 // a restart): the listing may then be older than what the CRM has already,
                 // and applying it would put old values back (the reliability suite's crash
                 // section caught Microsoft's notes being reverted this way).
+                // The listing can also be older than what the link last saw although it was
+                // enqueued later (the reconcile reads a page, then enqueues its items one by
+                // one while other jobs write): a different eTag with an `updatedDateTime`
+                // no later than the one last seen is an old version.
                 let stale = match listed["id"].as_str() {
-                    Some(id) if job.claims <= 1 => self
-                        .store
-                        .link(id)
-                        .await?
-                        .is_some_and(|link| link.updated_at >= job.enqueued_at),
+                    Some(id) if job.claims <= 1 => self.store.link(id).await?.is_some_and(|link| {
+                        link.updated_at >= job.enqueued_at || older_than_seen(&link, listed)
+                    }),
                     _ => true,
                 };
                 match listed["id"].as_str() {
@@ -552,6 +554,32 @@ impl Engine {
                 .is_some()
         {
             return Box::pin(self.sync_related(referral)).await;
+        }
+
+        // A CRM record whose referral is being created right now (the CRM → PC job saved
+        // the link, and is still writing Microsoft's referral and the success marks back):
+        // this referral's own webhook can arrive first. Without that job's record of what
+        // both sides held, every field would look changed in Partner Center and the
+        // seller's latest CRM values would be overwritten; wait for the job to finish.
+        // (A job killed mid-way leaves `syncing` behind; after a lease's time it is redone
+        // and this referral goes ahead.)
+        if let Some(l) = &link
+            && l.state == "syncing"
+            && l.crm_id.is_some()
+            && SystemTime::now()
+                .duration_since(l.updated_at)
+                .is_ok_and(|age| age < Duration::from_secs(120))
+        {
+            // Look again in a few seconds, as a new job: waiting must not use up this
+            // job's attempts (the create can take a while under throttling).
+            let mut again = crate::store::NewJob::new(
+                super::inbox::referral_key(rid),
+                PC_EVENT,
+                json!({ "event": "referral-updated", "referral_id": rid }),
+            );
+            again.not_before = Some(SystemTime::now() + Duration::from_secs(3));
+            self.store.enqueue(&again).await?;
+            return Ok(JobOutcome::Skipped);
         }
 
         // Choose the flow (first whose `when` holds).
@@ -2411,6 +2439,27 @@ fn state_of(referral: &Value) -> String {
         _ => "synced",
     }
     .to_owned()
+}
+
+/// Whether `listed` is another version of the referral than the one `link` last saw, and
+/// not a newer one.
+fn older_than_seen(link: &Link, listed: &Value) -> bool {
+    let Some(seen) = link.snapshot.as_ref().and_then(|s| s.get("referral")) else {
+        return false;
+    };
+    if seen["eTag"] == listed["eTag"] {
+        return false;
+    }
+    let stamp = |v: &Value| {
+        v["updatedDateTime"]
+            .as_str()
+            .and_then(datetime::DateTime::parse)
+            .map(|d| (d.unix_seconds(), d.to_utc().utc_string()))
+    };
+    match (stamp(seen), stamp(listed)) {
+        (Some(seen), Some(listed)) => listed <= seen,
+        _ => false,
+    }
 }
 
 fn snapshot_changed(link: &Link, referral: &Value) -> bool {

@@ -38,10 +38,7 @@ use serde_json::{Map, Value, json};
 
 use crate::report::{Ctx, Figures};
 
-use crate::common;
-// `world.rs` reaches the helpers as `super::common`: the `use` above.
-#[path = "../common/world.rs"]
-mod world;
+use crate::{common, world};
 use world::{Stage, World, shipped, world_with};
 
 pub fn run(ctx: &Ctx) -> Figures {

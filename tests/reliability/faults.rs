@@ -138,12 +138,17 @@ fn faults(kind: CrmKind, seed: u64, referrals: usize) -> Figures {
 
     // Converge with the faults still on.
     let mut check = world.check();
+    let mut reported = Instant::now();
     while !check.converged() && Instant::now() < wait_until {
         if let Some(status) = engine.try_wait().unwrap() {
             panic!(
                 "{kind:?}: the engine exited ({status})\n{}",
                 world.log_tail()
             );
+        }
+        if reported.elapsed() > Duration::from_secs(30) {
+            println!("   {kind:?}: waiting: {}", check.describe());
+            reported = Instant::now();
         }
         std::thread::sleep(Duration::from_secs(3));
         check = world.check();

@@ -25,6 +25,8 @@ mod backfill;
 mod common;
 mod report;
 mod scenario;
+#[path = "../common/world.rs"]
+mod world;
 
 mod configs;
 mod crashes;

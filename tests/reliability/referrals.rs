@@ -57,10 +57,7 @@ use serde_json::{Map, Value, json};
 
 use crate::report::{Ctx, Figures};
 
-// world.rs reaches the shared helpers as `super::common`.
-use crate::common;
-#[path = "../common/world.rs"]
-mod world;
+use crate::{common, world};
 use world::{World, world};
 
 /// How a case reaches the engine.

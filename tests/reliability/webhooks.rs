@@ -60,13 +60,11 @@ use reqwest::StatusCode;
 use sqlx::Row as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::common;
 use crate::report::{Ctx, Figures};
 
 #[path = "../common/signing.rs"]
 mod signing;
-#[path = "../common/world.rs"]
-mod world;
+use crate::world;
 
 use signing::{CertServer, Leaf, TestSigner};
 
