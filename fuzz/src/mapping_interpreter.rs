@@ -25,7 +25,9 @@ use serde_json::{Value, json};
 
 /// Separates the expression or template from the JSON record in `e` and `t` inputs.
 const SEPARATOR: &[u8] = b"\n---\n";
-/// Appended to a template so minijinja renders it (the fast path refuses `{% … %}`).
+/// Put before a template so minijinja renders it (the fast path refuses `{% … %}`). Before,
+/// not after: minijinja drops one trailing newline of a template, so a suffix would change
+/// what the source's end renders to.
 const FORCE_MINIJINJA: &str = "{% if false %}{% endif %}";
 
 fn plans() -> &'static [Plan] {
@@ -146,7 +148,7 @@ fn template(payload: &[u8]) {
     let Ok(fast) = engine.template(source) else {
         return;
     };
-    let slow = engine.template(&format!("{source}{FORCE_MINIJINJA}"));
+    let slow = engine.template(&format!("{FORCE_MINIJINJA}{source}"));
     with_vars(&record, |vars| {
         let fast_out = engine.render(&fast, vars);
         if !fast.is_fast() {

@@ -759,6 +759,30 @@ mod tests {
         assert!(!engine.expression("{'b': 1} ~ ''").unwrap().is_fast());
     }
 
+    /// minijinja's globals are defined where a variable of that name would be undefined:
+    /// left to minijinja, they print and test the same with and without the fast path
+    /// (`{{ range }}` was an "undefined" error on the fast path only; found by fuzzing).
+    #[test]
+    fn minijinja_globals_are_not_undefined_variables() {
+        let record = Arc::new(json!({"range": 3}));
+        let mut engine = Engine::new();
+        for global in super::super::fastexpr::MINIJINJA_GLOBALS {
+            let fast = engine.template(&format!("{{{{ {global} }}}}")).unwrap();
+            assert!(!fast.is_fast(), "{global}");
+            let slow = engine
+                .template(&format!("{{{{ {global} }}}}{{% if false %}}{{% endif %}}"))
+                .unwrap();
+            let defined = engine.expression(&format!("{global} is defined")).unwrap();
+            with_vars(&record, |vars| {
+                assert_eq!(engine.render(&fast, vars), engine.render(&slow, vars));
+                assert!(engine.render(&fast, vars).is_ok(), "{global}");
+                assert_eq!(engine.eval(&defined, vars), Ok(json!(true)), "{global}");
+            });
+        }
+        // A path below a field with such a name is an ordinary path.
+        assert!(engine.template("{{ referral.range }}").unwrap().is_fast());
+    }
+
     #[test]
     fn runaway_templates_run_out_of_fuel() {
         let record = Arc::new(json!({}));
