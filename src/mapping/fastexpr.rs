@@ -13,6 +13,10 @@ use minijinja::Value as MjValue;
 use serde_json::Value;
 
 use super::template::{Vars, looks_like_email};
+
+/// The globals minijinja defines (its `builtins` feature): names that are never undefined.
+/// Expressions naming one are left to minijinja.
+pub const MINIJINJA_GLOBALS: &[&str] = &["range", "dict", "debug", "namespace"];
 use super::transforms;
 
 /// A value during evaluation.
@@ -644,6 +648,10 @@ impl Parser {
                 "false" | "False" => Some(Node::Const(Value::Bool(false))),
                 "none" | "None" => Some(Node::Const(Value::Null)),
                 "not" | "and" | "or" | "if" | "else" | "in" | "is" => None,
+                // minijinja's global functions: a name no variable shadows is the function
+                // there (`{{ range }}` prints it), where the fast path would see an undefined
+                // variable. Found by the `mapping_interpreter` fuzz target.
+                name if MINIJINJA_GLOBALS.contains(&name) => None,
                 _ => Some(Node::Var(w)),
             },
             Tok::Sym("(") => {

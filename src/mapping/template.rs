@@ -110,6 +110,12 @@ impl FastTemplate {
         if source.contains("{%") || source.contains("{#") {
             return None;
         }
+        // minijinja drops a template's final newline (`keep_trailing_newline` is off): one
+        // `\n`, then one `\r`. A YAML block scalar (`name: |`) ends in one; the fast path
+        // kept it, so a field rendered differently depending on the path it took (found by
+        // the `mapping_interpreter` fuzz target).
+        let source = source.strip_suffix('\n').unwrap_or(source);
+        let source = source.strip_suffix('\r').unwrap_or(source);
         let mut pieces = Vec::new();
         let mut rest = source;
         while let Some(start) = rest.find("{{") {
@@ -953,6 +959,65 @@ mod tests {
         // Printed, minijinja keeps the written key order: not for the fast path.
         assert!(!engine.template("{{ {'b': 1, 'a': 2} }}").unwrap().is_fast());
         assert!(!engine.expression("{'b': 1} ~ ''").unwrap().is_fast());
+    }
+
+    /// A template's final newline (`\n`, `\r\n` or `\r`) is dropped on the fast path as
+    /// minijinja drops it; only the last one.
+    #[test]
+    fn fast_templates_drop_the_final_newline_like_minijinja() {
+        let record = Arc::new(json!({"name": "Deal"}));
+        let mut engine = Engine::new();
+        for src in [
+            "{{ referral.name }}\n",
+            "{{ referral.name }}\r\n",
+            "{{ referral.name }}\r",
+            "{{ referral.name }}\n\n",
+            "{{ referral.name }}\r\r\n",
+            "text\n",
+            "\n",
+        ] {
+            let fast = engine.template(src).unwrap();
+            assert!(fast.is_fast(), "{src:?}");
+            // The tag goes first: after the source it would move the final newline.
+            let slow = engine
+                .template(&format!("{{% if false %}}{{% endif %}}{src}"))
+                .unwrap();
+            with_vars(&record, |vars| {
+                assert_eq!(
+                    engine.render(&fast, vars),
+                    engine.render(&slow, vars),
+                    "{src:?}"
+                );
+            });
+        }
+        with_vars(&record, |vars| {
+            let block_scalar = engine.template("{{ referral.name }}\n").unwrap();
+            assert_eq!(engine.render(&block_scalar, vars).unwrap(), "Deal");
+        });
+    }
+
+    /// minijinja's globals are defined where a variable of that name would be undefined:
+    /// left to minijinja, they print and test the same with and without the fast path
+    /// (`{{ range }}` was an "undefined" error on the fast path only; found by fuzzing).
+    #[test]
+    fn minijinja_globals_are_not_undefined_variables() {
+        let record = Arc::new(json!({"range": 3}));
+        let mut engine = Engine::new();
+        for global in super::super::fastexpr::MINIJINJA_GLOBALS {
+            let fast = engine.template(&format!("{{{{ {global} }}}}")).unwrap();
+            assert!(!fast.is_fast(), "{global}");
+            let slow = engine
+                .template(&format!("{{{{ {global} }}}}{{% if false %}}{{% endif %}}"))
+                .unwrap();
+            let defined = engine.expression(&format!("{global} is defined")).unwrap();
+            with_vars(&record, |vars| {
+                assert_eq!(engine.render(&fast, vars), engine.render(&slow, vars));
+                assert!(engine.render(&fast, vars).is_ok(), "{global}");
+                assert_eq!(engine.eval(&defined, vars), Ok(json!(true)), "{global}");
+            });
+        }
+        // A path below a field with such a name is an ordinary path.
+        assert!(engine.template("{{ referral.range }}").unwrap().is_fast());
     }
 
     #[test]

@@ -267,6 +267,33 @@ pub async fn serve(
     options: ServerOptions,
     sink: Arc<dyn EventSink>,
 ) -> anyhow::Result<ServerHandle> {
+    let path = options.webhook_path.trim().to_owned();
+    let listen = options.listen;
+    let router = router(options, sink)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local_addr = listener.local_addr().context("the bound address")?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    tracing::info!("listening on {local_addr}; webhooks at POST {path}");
+    Ok(ServerHandle {
+        local_addr,
+        stop: Some(stop),
+        task: Some(task),
+    })
+}
+
+/// The routes [`serve`] answers, without a listener (`options.listen` is not used): callers
+/// that drive requests in-process, like the webhook fuzz target (`fuzz/`), go through the
+/// exact handler the server runs. Fails when the webhook path is not an absolute path.
+pub fn router(options: ServerOptions, sink: Arc<dyn EventSink>) -> anyhow::Result<Router> {
     let path = options.webhook_path.trim();
     check_webhook_path(path)?;
     let metrics = install_metrics();
@@ -286,30 +313,12 @@ pub async fn serve(
         metrics,
         sink_timeout: options.sink_timeout,
     });
-    let router = Router::new()
+    Ok(Router::new()
         .route(path, post(webhook))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
-        .with_state(app);
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", options.listen))?;
-    let local_addr = listener.local_addr().context("the bound address")?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    tracing::info!("listening on {local_addr}; webhooks at POST {path}");
-    Ok(ServerHandle {
-        local_addr,
-        stop: Some(stop),
-        task: Some(task),
-    })
+        .with_state(app))
 }
 
 /// A literal absolute path of unreserved characters: anything else would be a route pattern
