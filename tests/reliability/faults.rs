@@ -177,7 +177,7 @@ fn faults(kind: CrmKind, seed: u64, referrals: usize) -> Figures {
     let answered = calls.saturating_sub(faults);
     let amplification = calls as f64 / answered.max(1) as f64;
     assert!(
-        faults > (calls as f64 * 0.12) as u64,
+        faults > (calls as f64 * 0.08) as u64,
         "{kind:?}: only {faults} faults injected into {calls} calls"
     );
     assert!(
